@@ -1,0 +1,82 @@
+/**
+ * The HTTP surface: routing, the request id, trace context, one JSON answer per request, and the
+ * request's log line. Handlers return {status, body} or throw ApiError; anything else is a bug,
+ * answered 500 with the request id and logged with its stack (never sent to the client).
+ */
+import { randomUUID } from 'crypto';
+import type { IncomingMessage, ServerResponse } from 'http';
+import type { RequestInfo, ServiceContext } from './context';
+import { ApiError } from './errors';
+import { execute, type HandlerResult } from './handlers/execute';
+import { health } from './handlers/health';
+import { openapi } from './handlers/openapi';
+import { errorBody, sendJson } from './http/respond';
+import { traceFromHeaders } from './http/trace';
+import type { Severity } from './logging';
+
+type Handler = (req: IncomingMessage, res: ServerResponse, ctx: ServiceContext, info: RequestInfo) => Promise<HandlerResult>;
+
+const ROUTES: Record<string, Record<string, Handler>> = {
+  '/execute': { POST: execute },
+  '/healthz': { GET: (req, _res, ctx, info) => health(req, ctx, info) },
+  '/openapi.json': { GET: async (_req, _res, _ctx, info) => openapi(info) },
+};
+
+export function createHandler(ctx: ServiceContext): (req: IncomingMessage, res: ServerResponse) => Promise<void> {
+  return async (req, res) => {
+    const info: RequestInfo = { requestId: randomUUID(), trace: traceFromHeaders(req.headers), startedAt: process.hrtime.bigint(), logFields: {} };
+    res.setHeader('X-Request-Id', info.requestId);
+    let result: HandlerResult;
+    let severity: Severity = 'INFO';
+    try {
+      result = await route(req, res, ctx, info);
+    } catch (error) {
+      if (error instanceof ApiError) {
+        result = { status: error.status, body: errorBody(error, info.requestId), headers: error.headers };
+        info.logFields.outcome ??= error.type;
+      } else {
+        severity = 'ERROR';
+        info.logFields.outcome = 'internal_error';
+        info.logFields.error_stack = (error as Error)?.stack ?? String(error);
+        result = { status: 500, body: errorBody(new ApiError('internal_error', `internal error; quote request id ${info.requestId}`), info.requestId) };
+      }
+    }
+    if (result.status >= 500 && severity === 'INFO') severity = 'WARNING';
+    // An unread body may be huge: close the connection instead of draining it.
+    const headers = result.status === 413 ? { ...result.headers, Connection: 'close' } : result.headers;
+    const size = sendJson(res, result.status, result.body, headers);
+    logRequest(ctx, req, info, result.status, size, severity);
+  };
+}
+
+async function route(req: IncomingMessage, res: ServerResponse, ctx: ServiceContext, info: RequestInfo): Promise<HandlerResult> {
+  const path = new URL(req.url ?? '/', 'http://localhost').pathname;
+  const methods = ROUTES[path];
+  if (!methods) throw new ApiError('not_found', `no such path: ${path} (try POST /execute)`);
+  const method = req.method === 'HEAD' && methods.GET ? 'GET' : (req.method ?? '');
+  const handler = methods[method];
+  if (!handler) {
+    const allow = Object.keys(methods).flatMap((m) => (m === 'GET' ? ['GET', 'HEAD'] : [m]));
+    throw new ApiError('method_not_allowed', `${req.method} is not allowed on ${path}; use ${allow.join(', ')}`, { allow }, { Allow: allow.join(', ') });
+  }
+  return handler(req, res, ctx, info);
+}
+
+function logRequest(ctx: ServiceContext, req: IncomingMessage, info: RequestInfo, status: number, size: number, severity: Severity): void {
+  const latencyNs = process.hrtime.bigint() - info.startedAt;
+  ctx.logger.write(severity, `${req.method} ${req.url} ${status}`, {
+    httpRequest: {
+      requestMethod: req.method ?? '',
+      requestUrl: req.url ?? '',
+      status,
+      userAgent: req.headers['user-agent'],
+      remoteIp: req.socket.remoteAddress,
+      responseSize: String(size),
+      latency: { seconds: Number(latencyNs / 1_000_000_000n), nanos: Number(latencyNs % 1_000_000_000n) },
+      protocol: `HTTP/${req.httpVersion}`,
+    },
+    trace: info.trace,
+    request_id: info.requestId,
+    ...info.logFields,
+  });
+}

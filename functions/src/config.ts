@@ -1,0 +1,117 @@
+/**
+ * The one place configuration is read. Every setting is an environment variable listed in
+ * SETTINGS; README.md's configuration table is checked against this list by a test.
+ */
+import * as os from 'os';
+import * as path from 'path';
+
+export type SandboxModeSetting = 'auto' | 'nsjail' | 'seccomp';
+
+export interface Config {
+  port: number;
+  sandboxMode: SandboxModeSetting;
+  nsjailPath: string;
+  sandboxPython: string;
+  sandboxDir: string;
+  workRoot: string;
+  scriptTimeoutMs: number;
+  scriptMemoryMb: number;
+  scriptMaxProcesses: number;
+  scriptMaxOpenFiles: number;
+  scriptMaxFileMb: number;
+  scriptTmpMb: number;
+  outputMaxBytes: number;
+  resultMaxBytes: number;
+  requestMaxBytes: number;
+  maxConcurrentRuns: number;
+  maxQueue: number;
+  maxQueueWaitMs: number;
+  shutdownGraceMs: number;
+  sandboxUidBase: number;
+  projectId: string | undefined;
+  logScripts: boolean;
+}
+
+interface Setting {
+  env: string;
+  default: string;
+  description: string;
+}
+
+const REPO_ROOT = path.resolve(__dirname, '..', '..');
+const MIB = 1024 * 1024;
+
+/** Script memory and CPU count bound how many runs fit at once (leave 256 MiB for the service). */
+export function defaultConcurrency(memoryMb: number, cpus = os.cpus().length, totalMb = os.totalmem() / MIB): number {
+  const byMemory = Math.floor((totalMb - 256) / memoryMb);
+  return Math.max(1, Math.min(2 * cpus, byMemory));
+}
+
+export const SETTINGS: Setting[] = [
+  { env: 'PORT', default: '8080', description: 'HTTP port (read by the Functions Framework; Cloud Run sets it).' },
+  { env: 'SANDBOX_MODE', default: 'auto', description: '`auto`, `nsjail` or `seccomp`. `auto` probes at start-up: nsjail if a trial jail runs, else seccomp if a filter can be installed, else every run is refused with 503.' },
+  { env: 'NSJAIL_PATH', default: 'nsjail (on PATH)', description: 'The nsjail binary.' },
+  { env: 'SANDBOX_PYTHON', default: '/usr/bin/python3', description: "The sandbox's interpreter (Debian's, with python3-numpy, python3-pandas and python3-seccomp). In nsjail mode it must live under /usr." },
+  { env: 'SANDBOX_DIR', default: '<repo>/sandbox-image', description: 'Holds `runner/`, `nsjail/python.cfg` and `seccomp-policy.json` (the image uses /opt/sandbox).' },
+  { env: 'SANDBOX_WORK_ROOT', default: '<os tmpdir>/pyexec-runs', description: 'Seccomp mode: parent of the per-run private directories (created 0711, root-owned).' },
+  { env: 'SCRIPT_TIMEOUT_MS', default: '10000', description: 'Wall-clock limit of one run (queue time not included). CPU time is limited to the same number of seconds, rounded up.' },
+  { env: 'SCRIPT_MEMORY_MB', default: '512', description: 'Address-space limit of each process of a run (RLIMIT_AS; also the cgroup memory limit when nsjail can use cgroup v2).' },
+  { env: 'SCRIPT_MAX_PROCESSES', default: '32', description: 'Processes and threads a run may have at once (RLIMIT_NPROC for its own uid).' },
+  { env: 'SCRIPT_MAX_OPEN_FILES', default: '256', description: 'Open file descriptors per process (RLIMIT_NOFILE).' },
+  { env: 'SCRIPT_MAX_FILE_MB', default: '16', description: 'Largest file a run may write (RLIMIT_FSIZE).' },
+  { env: 'SCRIPT_TMP_MB', default: '64', description: "nsjail mode: size of the run's private tmpfs /tmp." },
+  { env: 'OUTPUT_MAX_BYTES', default: '1048576', description: 'Captured stdout and captured stderr are each cut at this many bytes (`truncated` says so); the rest is read and dropped.' },
+  { env: 'RESULT_MAX_BYTES', default: '1048576', description: "Largest JSON encoding of main()'s return value; larger is `result_too_large`." },
+  { env: 'REQUEST_MAX_BYTES', default: '1048576', description: 'Largest request body; larger is refused with 413 before it is read.' },
+  { env: 'MAX_CONCURRENT_RUNS', default: 'min(2 x CPUs, (memory - 256 MiB) / SCRIPT_MEMORY_MB)', description: 'Runs executing at once (admission limit; set Cloud Run concurrency to the same).' },
+  { env: 'MAX_QUEUE', default: '2 x MAX_CONCURRENT_RUNS', description: 'Requests that may wait for a free slot; beyond it 429.' },
+  { env: 'MAX_QUEUE_WAIT_MS', default: '10000', description: 'Longest wait for a slot before 429.' },
+  { env: 'SHUTDOWN_GRACE_MS', default: '8000', description: 'On SIGTERM, how long in-flight runs may finish before they are killed.' },
+  { env: 'SANDBOX_UID_BASE', default: '60000', description: 'Run slot n executes as uid/gid base+n (when the service runs as root).' },
+  { env: 'GOOGLE_CLOUD_PROJECT', default: '(unset)', description: 'Project id for trace correlation in logs.' },
+  { env: 'LOG_SCRIPTS', default: 'false', description: 'Debugging only: also log scripts. By default only their SHA-256 is logged.' },
+];
+
+export class ConfigError extends Error {}
+
+function integer(env: NodeJS.ProcessEnv, name: string, fallback: number, min: number, max: number): number {
+  const raw = env[name];
+  if (raw === undefined || raw === '') return fallback;
+  if (!/^\d+$/.test(raw.trim())) throw new ConfigError(`${name} must be a whole number, got "${raw}"`);
+  const value = Number(raw.trim());
+  if (value < min || value > max) throw new ConfigError(`${name} must be between ${min} and ${max}, got ${value}`);
+  return value;
+}
+
+export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
+  const mode = (env.SANDBOX_MODE || 'auto').trim();
+  if (mode !== 'auto' && mode !== 'nsjail' && mode !== 'seccomp') {
+    throw new ConfigError(`SANDBOX_MODE must be auto, nsjail or seccomp, got "${mode}"`);
+  }
+  const scriptMemoryMb = integer(env, 'SCRIPT_MEMORY_MB', 512, 64, 65536);
+  const maxConcurrentRuns = integer(env, 'MAX_CONCURRENT_RUNS', defaultConcurrency(scriptMemoryMb), 1, 1000);
+  return {
+    port: integer(env, 'PORT', 8080, 0, 65535),
+    sandboxMode: mode,
+    nsjailPath: env.NSJAIL_PATH || 'nsjail',
+    sandboxPython: env.SANDBOX_PYTHON || '/usr/bin/python3',
+    sandboxDir: path.resolve(env.SANDBOX_DIR || path.join(REPO_ROOT, 'sandbox-image')),
+    workRoot: path.resolve(env.SANDBOX_WORK_ROOT || path.join(os.tmpdir(), 'pyexec-runs')),
+    scriptTimeoutMs: integer(env, 'SCRIPT_TIMEOUT_MS', 10000, 100, 3600000),
+    scriptMemoryMb,
+    scriptMaxProcesses: integer(env, 'SCRIPT_MAX_PROCESSES', 32, 1, 100000),
+    scriptMaxOpenFiles: integer(env, 'SCRIPT_MAX_OPEN_FILES', 256, 16, 1048576),
+    scriptMaxFileMb: integer(env, 'SCRIPT_MAX_FILE_MB', 16, 1, 1048576),
+    scriptTmpMb: integer(env, 'SCRIPT_TMP_MB', 64, 1, 1048576),
+    outputMaxBytes: integer(env, 'OUTPUT_MAX_BYTES', MIB, 0, 1024 * MIB),
+    resultMaxBytes: integer(env, 'RESULT_MAX_BYTES', MIB, 16, 1024 * MIB),
+    requestMaxBytes: integer(env, 'REQUEST_MAX_BYTES', MIB, 64, 1024 * MIB),
+    maxConcurrentRuns,
+    maxQueue: integer(env, 'MAX_QUEUE', 2 * maxConcurrentRuns, 0, 100000),
+    maxQueueWaitMs: integer(env, 'MAX_QUEUE_WAIT_MS', 10000, 0, 3600000),
+    shutdownGraceMs: integer(env, 'SHUTDOWN_GRACE_MS', 8000, 0, 3600000),
+    sandboxUidBase: integer(env, 'SANDBOX_UID_BASE', 60000, 1000, 4000000000),
+    projectId: env.GOOGLE_CLOUD_PROJECT || env.GCLOUD_PROJECT || undefined,
+    logScripts: env.LOG_SCRIPTS === 'true',
+  };
+}

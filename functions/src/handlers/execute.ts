@@ -1,0 +1,85 @@
+/** POST /execute: body -> validation -> admission -> sandbox run -> outcome. */
+import { createHash } from 'crypto';
+import type { IncomingMessage, ServerResponse } from 'http';
+import type { RequestInfo, ServiceContext } from '../context';
+import { ApiError } from '../errors';
+import { readBody } from '../http/requestBody';
+import { interpret } from '../outcome';
+import { parseExecuteRequest } from '../validation';
+
+export interface HandlerResult {
+  status: number;
+  body: Record<string, unknown>;
+  headers?: Record<string, string>;
+}
+
+export async function execute(req: IncomingMessage, res: ServerResponse, ctx: ServiceContext, info: RequestInfo): Promise<HandlerResult> {
+  requireJson(req);
+  const raw = await readBody(req, ctx.config.requestMaxBytes);
+  const request = parseExecuteRequest(parseJson(raw));
+  info.logFields.script_sha256 = createHash('sha256').update(request.script, 'utf8').digest('hex');
+  info.logFields.script_bytes = Buffer.byteLength(request.script, 'utf8');
+  if (ctx.config.logScripts) info.logFields.script = request.script;
+
+  const { sandbox, report } = await ctx.probe;
+  if (!sandbox) throw new ApiError('sandbox_unavailable', `no sandbox is usable on this instance: ${report.reason}`);
+
+  // The run is killed if the client leaves, or when shutdown's grace period ends.
+  const controller = new AbortController();
+  const untrack = ctx.lifecycle.track(controller);
+  const onClose = () => {
+    if (!res.writableFinished) controller.abort('client_closed');
+  };
+  res.on('close', onClose);
+  try {
+    const lease = await ctx.admission.acquire(controller.signal);
+    info.logFields.queue_ms = Math.round(lease.queueMs);
+    try {
+      const run = await sandbox.run({ script: request.script, args: request.args ?? {}, slot: lease.slot, signal: controller.signal });
+      const outcome = interpret(run, {
+        requestId: info.requestId,
+        queueMs: lease.queueMs,
+        timeoutMs: ctx.config.scriptTimeoutMs,
+        memoryMb: ctx.config.scriptMemoryMb,
+        abortReason: controller.signal.aborted ? (controller.signal.reason as 'client_closed' | 'shutdown') : undefined,
+      });
+      Object.assign(info.logFields, {
+        outcome: outcome.type,
+        sandbox: run.mode,
+        wall_ms: Math.round(run.wallMs),
+        cpu_ms: run.channel.kind === 'message' ? run.channel.message.cpu_ms : null,
+        stdout_bytes: run.stdout.bytes,
+        stderr_bytes: run.stderr.bytes,
+        exit_code: run.exitCode,
+        signal: run.signal,
+      });
+      return { status: outcome.status, body: outcome.body };
+    } finally {
+      lease.release();
+    }
+  } finally {
+    res.off('close', onClose);
+    untrack();
+  }
+}
+
+function requireJson(req: IncomingMessage): void {
+  const type = req.headers['content-type'];
+  const [mediaType, ...params] = (type ?? '').split(';').map((part) => part.trim().toLowerCase());
+  if (mediaType !== 'application/json') {
+    throw new ApiError('unsupported_media_type', type ? `Content-Type must be application/json, got "${type}"` : 'Content-Type must be application/json (it is missing)');
+  }
+  const charset = params.find((param) => param.startsWith('charset='));
+  if (charset && !/^charset="?utf-8"?$/.test(charset)) {
+    throw new ApiError('unsupported_media_type', `only UTF-8 JSON is accepted, got ${charset}`);
+  }
+}
+
+function parseJson(raw: Buffer): unknown {
+  if (raw.length === 0) throw new ApiError('invalid_request', 'the request body is empty; send a JSON object with a "script" field');
+  try {
+    return JSON.parse(raw.toString('utf8'));
+  } catch (error) {
+    throw new ApiError('invalid_request', `the request body is not valid JSON: ${(error as Error).message}`);
+  }
+}

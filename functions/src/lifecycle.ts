@@ -1,0 +1,78 @@
+/**
+ * Graceful shutdown. On SIGTERM (Cloud Run allows ~10 s): stop admitting, let in-flight runs finish
+ * within SHUTDOWN_GRACE_MS, then kill the rest (their requests are answered 503 shutting_down),
+ * and exit once every answer is written. The Functions Framework's own SIGTERM/SIGINT handlers
+ * exit at once, so they are removed as soon as it installs them.
+ */
+import type { Admission } from './admission';
+import type { Logger } from './logging';
+
+const SIGNALS = ['SIGTERM', 'SIGINT'] as const;
+/** After the grace period, how long killed runs get to write their answers. */
+const ANSWER_AFTER_KILL_MS = 3000;
+
+export class Lifecycle {
+  private readonly runs = new Set<AbortController>();
+  private readonly idleWaiters: Array<() => void> = [];
+  private stopping = false;
+
+  constructor(
+    private readonly admission: Admission,
+    private readonly logger: Logger,
+    private readonly graceMs: number,
+    private readonly exit: (code: number) => void = (code) => process.exit(code),
+  ) {}
+
+  get shuttingDown(): boolean {
+    return this.stopping;
+  }
+
+  /** A run (or queued request) in flight: aborted with reason 'shutdown' when the grace ends. */
+  track(controller: AbortController): () => void {
+    this.runs.add(controller);
+    return () => {
+      this.runs.delete(controller);
+      if (this.runs.size === 0) for (const wake of this.idleWaiters.splice(0)) wake();
+    };
+  }
+
+  takeOverSignals(): void {
+    const handler = (signal: string) => void this.shutdown(signal);
+    for (const signal of SIGNALS) {
+      for (const listener of process.listeners(signal)) process.removeListener(signal, listener);
+      process.on(signal, handler);
+    }
+    process.on('newListener', (event, listener) => {
+      if ((SIGNALS as readonly (string | symbol)[]).includes(event) && listener !== handler) {
+        setImmediate(() => process.removeListener(event as NodeJS.Signals, listener as () => void));
+      }
+    });
+  }
+
+  async shutdown(signal: string): Promise<void> {
+    if (this.stopping) return;
+    this.stopping = true;
+    this.admission.close('the instance is shutting down');
+    this.logger.info(`${signal} received: admitting no new runs`, { event: 'shutdown_started', in_flight: this.runs.size, grace_ms: this.graceMs });
+    const finished = await this.waitIdle(this.graceMs);
+    const killed = finished ? 0 : this.runs.size;
+    if (!finished) {
+      this.logger.warn('grace period over: killing the remaining runs', { event: 'shutdown_killing', in_flight: this.runs.size });
+      for (const run of this.runs) run.abort('shutdown');
+      await this.waitIdle(ANSWER_AFTER_KILL_MS);
+    }
+    this.logger.info('shutdown complete', { event: 'shutdown_complete', killed_runs: killed });
+    this.exit(0);
+  }
+
+  private waitIdle(timeoutMs: number): Promise<boolean> {
+    if (this.runs.size === 0) return Promise.resolve(true);
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => resolve(false), timeoutMs);
+      this.idleWaiters.push(() => {
+        clearTimeout(timer);
+        resolve(true);
+      });
+    });
+  }
+}

@@ -1,0 +1,87 @@
+/**
+ * Turns what was observed about a run (RunReport) into the answer: status, error type and body.
+ * The result channel is the only source of `result`; stdout is never parsed.
+ */
+import { ERROR_TYPES, type ErrorType } from './errors';
+import type { RunReport } from './sandbox/types';
+
+export interface Outcome {
+  status: number;
+  /** 'success' or the error type; also what the log records. */
+  type: 'success' | ErrorType;
+  body: Record<string, unknown>;
+}
+
+export interface RunContext {
+  requestId: string;
+  queueMs: number;
+  timeoutMs: number;
+  memoryMb: number;
+  /** Why the run was aborted, when it was: the client left, or the instance is shutting down. */
+  abortReason?: 'client_closed' | 'shutdown';
+}
+
+const MEMORY_SIGNS = /MemoryError|Cannot allocate memory|std::bad_alloc|out of memory|Unable to allocate/i;
+
+export function interpret(report: RunReport, context: RunContext): Outcome {
+  const cpuMs = report.channel.kind === 'message' ? report.channel.message.cpu_ms : null;
+  const run = {
+    stdout: report.stdout.text,
+    stderr: report.stderr.text,
+    truncated: { stdout: report.stdout.truncated, stderr: report.stderr.truncated },
+    timing: { wall_ms: round(report.wallMs), cpu_ms: cpuMs, queue_ms: round(context.queueMs) },
+    sandbox: report.mode,
+    request_id: context.requestId,
+  };
+  const fail = (type: ErrorType, message: string, details: Record<string, unknown> = {}): Outcome => ({
+    status: ERROR_TYPES[type].status,
+    type,
+    body: { error: { type, message, ...details }, ...run },
+  });
+
+  if (report.sandboxFailure) {
+    return { status: 503, type: 'sandbox_unavailable', body: { error: { type: 'sandbox_unavailable', message: report.sandboxFailure }, request_id: context.requestId } };
+  }
+  if (report.aborted && context.abortReason === 'shutdown' && report.channel.kind !== 'message') {
+    return fail('shutting_down', 'the instance shut down before the run finished; retry the request');
+  }
+  if (report.channel.kind === 'message') {
+    const message = report.channel.message;
+    if (message.status === 'ok') {
+      return { status: 200, type: 'success', body: { result: message.result, ...run } };
+    }
+    const { type, message: text, ...details } = message.error;
+    if (type === 'sandbox_error') {
+      return { status: 503, type: 'sandbox_unavailable', body: { error: { type: 'sandbox_unavailable', message: text }, request_id: context.requestId } };
+    }
+    return fail(type, text, details);
+  }
+  if (report.timedOut) {
+    return fail('timeout', `the script did not finish within its time limit of ${context.timeoutMs} ms`);
+  }
+  if (report.signal === 'SIGXCPU') {
+    return fail('timeout', `the script used up its CPU time limit of ${Math.ceil(context.timeoutMs / 1000)} s`);
+  }
+  if (report.channel.kind === 'oversize') {
+    return fail('result_too_large', 'the result channel carried more than the result size limit');
+  }
+  if (report.signal && MEMORY_SIGNS.test(report.stderr.text)) {
+    return fail('memory_limit', `the script exceeded its memory limit of ${context.memoryMb} MiB (ended by ${report.signal})`, { signal: report.signal });
+  }
+  if (report.channel.kind === 'invalid') {
+    return fail('killed', 'the run ended without a valid result: the script wrote to the result channel itself');
+  }
+  if (report.signal) {
+    return fail('killed', `the script was killed by ${report.signal} before main() returned`, { signal: report.signal });
+  }
+  if (report.aborted) {
+    return fail('killed', 'the run was stopped because the client closed the connection');
+  }
+  return fail('killed', `the script's process exited with status ${report.exitCode} before main() returned (os._exit or a crash)`, {
+    exit_code: report.exitCode ?? -1,
+  });
+}
+
+function round(ms: number): number {
+  return Math.round(ms * 10) / 10;
+}

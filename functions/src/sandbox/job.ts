@@ -1,0 +1,83 @@
+/**
+ * Builds what the runner receives on stdin, and the environment allow-list, from configuration.
+ * The same job shape serves both modes; only the paths differ (host paths in seccomp mode, paths
+ * inside the jail in nsjail mode).
+ */
+import type { Config } from '../config';
+
+const MIB = 1024 * 1024;
+
+/** Envelope room on the result channel beyond the result itself (error messages, tracebacks). */
+export const CHANNEL_ENVELOPE_BYTES = 256 * 1024;
+
+export interface RunnerPaths {
+  workdir: string;
+  runnerDir: string;
+  policyFile: string;
+}
+
+/** Read-only places the interpreter needs besides its own prefix and import path. */
+const SYSTEM_READ_PATHS = [
+  '/usr',
+  '/lib',
+  '/lib64',
+  '/bin',
+  '/etc/ld.so.cache',
+  '/etc/localtime',
+  '/etc/timezone',
+  '/proc',
+  '/sys/devices/system/cpu',
+  '/dev/urandom',
+  '/dev/random',
+  '/dev/zero',
+];
+
+export function runnerJob(config: Config, paths: RunnerPaths, script: string, args: Record<string, unknown>): Buffer {
+  const job = {
+    script,
+    args,
+    result_max_bytes: config.resultMaxBytes,
+    limits: {
+      cpu_seconds: Math.ceil(config.scriptTimeoutMs / 1000),
+      memory_bytes: config.scriptMemoryMb * MIB,
+      max_processes: config.scriptMaxProcesses,
+      max_open_files: config.scriptMaxOpenFiles,
+      max_file_bytes: config.scriptMaxFileMb * MIB,
+    },
+    confine: {
+      workdir: paths.workdir,
+      read_paths: [...SYSTEM_READ_PATHS, paths.runnerDir, paths.policyFile],
+      write_paths: [paths.workdir, '/dev/null'],
+      seccomp_policy: paths.policyFile,
+      landlock: true,
+    },
+  };
+  return Buffer.from(JSON.stringify(job), 'utf8');
+}
+
+/** The whole environment of a run: nothing of the service's own. */
+export function sandboxEnvironment(workdir: string): Record<string, string> {
+  return {
+    PATH: '/usr/local/bin:/usr/bin:/bin',
+    HOME: workdir,
+    TMPDIR: workdir,
+    LANG: 'C.UTF-8',
+    LC_ALL: 'C.UTF-8',
+    // One thread per BLAS/OpenMP pool: imports fit the memory limit, runs do not oversubscribe.
+    OPENBLAS_NUM_THREADS: '1',
+    OMP_NUM_THREADS: '1',
+    MKL_NUM_THREADS: '1',
+    NUMEXPR_NUM_THREADS: '1',
+    MPLBACKEND: 'Agg',
+    MPLCONFIGDIR: workdir,
+  };
+}
+
+export function runnerArgv(python: string, runnerDir: string): string[] {
+  // -I: ignore PYTHON* variables and the user site; -B: write no .pyc; -u: output in order.
+  return [python, '-I', '-B', '-u', `${runnerDir}/runner.py`];
+}
+
+export function channelMaxBytes(config: Config): number {
+  return config.resultMaxBytes + CHANNEL_ENVELOPE_BYTES;
+}

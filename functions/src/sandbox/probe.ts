@@ -1,0 +1,152 @@
+/**
+ * Start-up capability probe. Cloud Run gen2 does not document whether user namespaces, cgroup v2
+ * delegation, seccomp or Landlock are available, so each is tried for real (a trial run through
+ * the actual sandbox, not a guess from kernel version) and the mode is chosen from the findings.
+ */
+import { promises as fs, constants as fsConstants } from 'fs';
+import * as path from 'path';
+import type { Config } from '../config';
+import { NsjailSandbox } from './nsjailSandbox';
+import { writeNsjailConfig } from './nsjailConfig';
+import { SeccompSandbox } from './seccompSandbox';
+import type { RunReport, Sandbox, SandboxMode } from './types';
+
+export interface Finding {
+  available: boolean;
+  detail: string;
+}
+
+export interface ProbeReport {
+  mode: SandboxMode | null;
+  reason: string;
+  requested: Config['sandboxMode'];
+  capabilities: {
+    running_as_root: Finding;
+    seccomp: Finding;
+    landlock: Finding & { abi: number };
+    nsjail: Finding & { path?: string };
+    cgroup_v2: Finding;
+  };
+}
+
+export interface ProbeResult {
+  report: ProbeReport;
+  sandbox: Sandbox | null;
+}
+
+const TRIAL_SCRIPT = 'def main():\n    return 42\n';
+
+export async function trialRun(sandbox: Sandbox, slot = 0): Promise<{ ok: boolean; detail: string; report: RunReport }> {
+  const report = await sandbox.run({ script: TRIAL_SCRIPT, args: {}, slot, signal: new AbortController().signal });
+  if (report.sandboxFailure) return { ok: false, detail: report.sandboxFailure, report };
+  if (report.channel.kind === 'message') {
+    const message = report.channel.message;
+    if (message.status === 'ok' && message.result === 42) return { ok: true, detail: 'trial run returned the expected result', report };
+    if (message.status === 'error') return { ok: false, detail: message.error.message, report };
+  }
+  const tail = report.stderr.text.trim().split('\n').slice(-3).join(' | ');
+  return { ok: false, detail: `trial run failed (exit ${report.exitCode}, signal ${report.signal}): ${tail}`, report };
+}
+
+export async function probe(config: Config): Promise<ProbeResult> {
+  const root = process.getuid?.() === 0;
+  const capabilities: ProbeReport['capabilities'] = {
+    running_as_root: {
+      available: root,
+      detail: root ? 'each run slot gets its own unprivileged uid' : 'not root: runs share the service uid (no per-run uid, weaker kill and file isolation)',
+    },
+    seccomp: { available: false, detail: 'not tried' },
+    landlock: { available: false, abi: 0, detail: 'not tried' },
+    nsjail: { available: false, detail: 'not tried' },
+    cgroup_v2: await probeCgroupV2(),
+  };
+
+  const seccomp = new SeccompSandbox(config);
+  const seccompTrial = await trialRun(seccomp);
+  capabilities.seccomp = { available: seccompTrial.ok, detail: seccompTrial.detail };
+  const layers = seccompTrial.report.channel.kind === 'message' ? seccompTrial.report.channel.message.layers : {};
+  const abi = layers.landlock_abi ?? 0;
+  capabilities.landlock = {
+    available: abi > 0,
+    abi,
+    detail: abi > 0 ? `Landlock ABI ${abi}: writes only to the run's directory, reads only system files` : 'the kernel offers no Landlock; file access rests on uid permissions',
+  };
+
+  let nsjail: Sandbox | null = null;
+  if (config.sandboxMode !== 'seccomp') {
+    const binary = await findExecutable(config.nsjailPath);
+    if (!binary) {
+      capabilities.nsjail = { available: false, detail: `no nsjail binary at "${config.nsjailPath}" (NSJAIL_PATH or PATH)` };
+    } else {
+      try {
+        const configFile = await writeNsjailConfig(config);
+        const extraFlags = capabilities.cgroup_v2.available ? cgroupFlags(config) : [];
+        const candidate = new NsjailSandbox(config, { binary, configFile, extraFlags });
+        const trial = await trialRun(candidate);
+        capabilities.nsjail = { available: trial.ok, path: binary, detail: trial.ok ? 'a trial jail ran (user, pid, mount, net, ipc, uts namespaces usable)' : trial.detail };
+        if (trial.ok) nsjail = candidate;
+      } catch (error) {
+        capabilities.nsjail = { available: false, path: binary, detail: `setting up nsjail failed: ${(error as Error).message}` };
+      }
+    }
+  }
+
+  const choose = (): { mode: SandboxMode | null; reason: string; sandbox: Sandbox | null } => {
+    const seccompUsable = seccompTrial.ok;
+    switch (config.sandboxMode) {
+      case 'nsjail':
+        return nsjail
+          ? { mode: 'nsjail', reason: 'SANDBOX_MODE=nsjail and a trial jail ran', sandbox: nsjail }
+          : { mode: null, reason: `SANDBOX_MODE=nsjail but nsjail is not usable: ${capabilities.nsjail.detail}`, sandbox: null };
+      case 'seccomp':
+        return seccompUsable
+          ? { mode: 'seccomp', reason: 'SANDBOX_MODE=seccomp and a trial run succeeded', sandbox: seccomp }
+          : { mode: null, reason: `SANDBOX_MODE=seccomp but the seccomp sandbox is not usable: ${capabilities.seccomp.detail}`, sandbox: null };
+      default:
+        if (nsjail) return { mode: 'nsjail', reason: 'auto: nsjail is present and a trial jail ran', sandbox: nsjail };
+        if (seccompUsable) return { mode: 'seccomp', reason: `auto: nsjail not usable (${capabilities.nsjail.detail}); seccomp trial run succeeded`, sandbox: seccomp };
+        return { mode: null, reason: `auto: no sandbox is usable. nsjail: ${capabilities.nsjail.detail}. seccomp: ${capabilities.seccomp.detail}`, sandbox: null };
+    }
+  };
+  const chosen = choose();
+  return { report: { mode: chosen.mode, reason: chosen.reason, requested: config.sandboxMode, capabilities }, sandbox: chosen.sandbox };
+}
+
+async function findExecutable(name: string): Promise<string | undefined> {
+  const candidates = name.includes('/') ? [name] : (process.env.PATH ?? '').split(':').filter(Boolean).map((dir) => path.join(dir, name));
+  for (const candidate of candidates) {
+    try {
+      await fs.access(candidate, fsConstants.X_OK);
+      if ((await fs.stat(candidate)).isFile()) return path.resolve(candidate);
+    } catch {
+      // not here
+    }
+  }
+  return undefined;
+}
+
+/** cgroup v2 limits are usable when the unified hierarchy is mounted at /sys/fs/cgroup with memory and pids, and writable. */
+async function probeCgroupV2(): Promise<Finding> {
+  try {
+    const controllers = (await fs.readFile('/sys/fs/cgroup/cgroup.controllers', 'utf8')).split(/\s+/);
+    for (const needed of ['memory', 'pids']) {
+      if (!controllers.includes(needed)) return { available: false, detail: `cgroup v2 lacks the ${needed} controller; limits fall back to rlimits` };
+    }
+    const test = `/sys/fs/cgroup/pyexec-probe-${process.pid}`;
+    await fs.mkdir(test);
+    await fs.rmdir(test);
+    return { available: true, detail: 'cgroup v2 is writable: nsjail adds memory, pids and cpu limits per run' };
+  } catch (error) {
+    return { available: false, detail: `cgroup v2 not usable (${(error as NodeJS.ErrnoException).code ?? (error as Error).message}); limits fall back to rlimits` };
+  }
+}
+
+function cgroupFlags(config: Config): string[] {
+  return [
+    '--use_cgroupv2',
+    '--cgroupv2_mount', '/sys/fs/cgroup',
+    '--cgroup_mem_max', String(config.scriptMemoryMb * 1024 * 1024),
+    '--cgroup_pids_max', String(config.scriptMaxProcesses),
+    '--cgroup_cpu_ms_per_sec', '1000',
+  ];
+}

@@ -1,0 +1,164 @@
+/**
+ * Runs one sandboxed process: feeds it the job on stdin, captures stdout and stderr (capped),
+ * reads the result channel (fd 3), and enforces the wall-clock limit with the service's own
+ * watchdog. On timeout, abort or exit, the whole process tree is killed before the report is made.
+ */
+import { spawn, type StdioPipe } from 'child_process';
+import type { Readable } from 'stream';
+import { isRunnerMessage } from '../validation';
+import { CappedCapture } from './capture';
+import type { ChannelState, CapturedText } from './types';
+
+export interface ProcessPlan {
+  command: string;
+  args: string[];
+  env: Record<string, string>;
+  cwd: string;
+  uid?: number;
+  gid?: number;
+  /** New process group, so a non-root service can still kill the tree. */
+  detached: boolean;
+  stdin: Buffer;
+  /** Pipes beyond fd 3 to read (nsjail's log on fd 4). */
+  extraReadFds: number;
+}
+
+export interface ProcessLimits {
+  timeoutMs: number;
+  outputMaxBytes: number;
+  channelMaxBytes: number;
+}
+
+export interface ProcessResult {
+  exitCode: number | null;
+  signal: string | null;
+  timedOut: boolean;
+  aborted: boolean;
+  stdout: CapturedText;
+  stderr: CapturedText;
+  channel: ChannelState;
+  extra: Buffer[];
+  wallMs: number;
+  spawnError?: string;
+}
+
+/** How long pipes may stay open after the tree was killed before we stop waiting for them. */
+const DRAIN_AFTER_KILL_MS = 2000;
+
+export function runProcess(
+  plan: ProcessPlan,
+  limits: ProcessLimits,
+  killTree: (pid: number | undefined) => Promise<void>,
+  signal: AbortSignal,
+): Promise<ProcessResult> {
+  const started = process.hrtime.bigint();
+  const elapsedMs = () => Number(process.hrtime.bigint() - started) / 1e6;
+  const stdio: StdioPipe[] = ['pipe', 'pipe', 'pipe', 'pipe'];
+  for (let i = 0; i < plan.extraReadFds; i++) stdio.push('pipe');
+
+  return new Promise((resolve) => {
+    let child;
+    try {
+      child = spawn(plan.command, plan.args, {
+        env: plan.env,
+        cwd: plan.cwd,
+        uid: plan.uid,
+        gid: plan.gid,
+        detached: plan.detached,
+        stdio,
+      });
+    } catch (error) {
+      resolve(failedSpawn((error as Error).message, elapsedMs()));
+      return;
+    }
+    const pipes = child.stdio as unknown as Readable[];
+    const stdout = new CappedCapture(pipes[1], limits.outputMaxBytes);
+    const stderr = new CappedCapture(pipes[2], limits.outputMaxBytes);
+    const channel = new CappedCapture(pipes[3], limits.channelMaxBytes);
+    const extra = pipes.slice(4).map((pipe) => new CappedCapture(pipe, 256 * 1024));
+
+    let timedOut = false;
+    let aborted = false;
+    let killing: Promise<void> | undefined;
+    const kill = () => (killing ??= killTree(child.pid).catch(() => undefined));
+
+    const watchdog = setTimeout(() => {
+      timedOut = true;
+      void kill();
+    }, limits.timeoutMs);
+    const onAbort = () => {
+      aborted = true;
+      void kill();
+    };
+    if (signal.aborted) onAbort();
+    else signal.addEventListener('abort', onAbort, { once: true });
+
+    // The job, then EOF. A runner that dies early closes stdin: ignore EPIPE.
+    child.stdin!.on('error', () => undefined);
+    child.stdin!.end(plan.stdin);
+
+    let spawnError: string | undefined;
+    child.on('error', (error) => {
+      spawnError = error.message;
+      if (child.pid === undefined) {
+        // Never started (e.g. the binary is missing): there is no 'exit' to wait for.
+        clearTimeout(watchdog);
+        signal.removeEventListener('abort', onAbort);
+        resolve(failedSpawn(error.message, elapsedMs()));
+      }
+    });
+    child.on('exit', async (exitCode, exitSignal) => {
+      const wallMs = elapsedMs();
+      clearTimeout(watchdog);
+      signal.removeEventListener('abort', onAbort);
+      // Whatever the runner left behind (daemons, grandchildren) dies with it.
+      await kill();
+      const drained = Promise.all([stdout.done, stderr.done, channel.done, ...extra.map((e) => e.done)]);
+      const drainTimer = new Promise<void>((r) => setTimeout(r, DRAIN_AFTER_KILL_MS).unref());
+      await Promise.race([drained, drainTimer]);
+      for (const pipe of pipes.slice(1)) pipe?.destroy();
+      resolve({
+        exitCode,
+        signal: exitSignal,
+        timedOut,
+        aborted,
+        stdout: stdout.result(),
+        stderr: stderr.result(),
+        channel: readChannel(channel),
+        extra: extra.map((e) => e.buffer()),
+        wallMs,
+        spawnError,
+      });
+    });
+  });
+}
+
+/** The channel is untrusted input: size-capped by the capture, then a strict parse and schema check. */
+function readChannel(capture: CappedCapture): ChannelState {
+  if (capture.overflowed) return { kind: 'oversize' };
+  const raw = capture.buffer();
+  if (raw.length === 0) return { kind: 'empty' };
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(raw.toString('utf8'));
+  } catch {
+    return { kind: 'invalid' };
+  }
+  return isRunnerMessage(parsed) ? { kind: 'message', message: parsed } : { kind: 'invalid' };
+}
+
+function failedSpawn(message: string, wallMs: number): ProcessResult {
+  const empty = { text: '', bytes: 0, truncated: false };
+  return {
+    exitCode: null,
+    signal: null,
+    timedOut: false,
+    aborted: false,
+    stdout: empty,
+    stderr: empty,
+    channel: { kind: 'empty' },
+    extra: [],
+    wallMs,
+    spawnError: message,
+  };
+}

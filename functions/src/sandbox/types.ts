@@ -1,0 +1,46 @@
+/** The contract between the service and a sandbox mode. */
+import type { RunnerMessage } from '../schemas';
+
+export type SandboxMode = 'nsjail' | 'seccomp';
+
+export interface RunRequest {
+  script: string;
+  args: Record<string, unknown>;
+  /** Admission slot: selects this run's uid, so concurrent runs never share one. */
+  slot: number;
+  /** Aborted when the client goes away or the instance shuts down: the run is killed. */
+  signal: AbortSignal;
+}
+
+export interface CapturedText {
+  text: string;
+  bytes: number;
+  truncated: boolean;
+}
+
+export type ChannelState =
+  | { kind: 'message'; message: RunnerMessage }
+  | { kind: 'empty' }
+  | { kind: 'oversize' }
+  | { kind: 'invalid' };
+
+/** Everything observed about one run, before it is interpreted (outcome.ts does that). */
+export interface RunReport {
+  mode: SandboxMode;
+  channel: ChannelState;
+  exitCode: number | null;
+  /** Signal that ended the sandboxed process (from waitpid, or from nsjail's log in nsjail mode). */
+  signal: string | null;
+  timedOut: boolean;
+  aborted: boolean;
+  stdout: CapturedText;
+  stderr: CapturedText;
+  wallMs: number;
+  /** Set when the sandbox itself failed (could not start); no user code result is available. */
+  sandboxFailure?: string;
+}
+
+export interface Sandbox {
+  readonly mode: SandboxMode;
+  run(request: RunRequest): Promise<RunReport>;
+}

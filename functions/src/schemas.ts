@@ -1,0 +1,177 @@
+/**
+ * The JSON Schemas of the API and of the runner's result channel. ajv validates with these, and
+ * the OpenAPI document (openapi.ts) is built from them, so the two cannot drift apart.
+ */
+import { ERROR_TYPES } from './errors';
+
+export const executeRequestSchema = {
+  $id: 'ExecuteRequest',
+  type: 'object',
+  additionalProperties: false,
+  required: ['script'],
+  properties: {
+    script: {
+      type: 'string',
+      minLength: 1,
+      description: 'Python 3 source defining a top-level `def main(...)` or `async def main(...)`.',
+    },
+    args: {
+      type: 'object',
+      description: 'Keyword arguments: main(**args). Any JSON values.',
+    },
+  },
+} as const;
+
+export interface ExecuteRequest {
+  script: string;
+  args?: Record<string, unknown>;
+}
+
+const RUNNER_ERROR_TYPES = [
+  'syntax_error',
+  'missing_main',
+  'runtime_error',
+  'result_not_serializable',
+  'result_too_large',
+  'memory_limit',
+  'killed',
+  'sandbox_error',
+] as const;
+export type RunnerErrorType = (typeof RUNNER_ERROR_TYPES)[number];
+
+const nullableInt = { type: ['integer', 'null'] };
+const layersSchema = {
+  type: 'object',
+  additionalProperties: false,
+  properties: {
+    landlock_abi: { type: 'integer', minimum: 0, maximum: 1000 },
+    seccomp_rules: { type: 'integer', minimum: 0, maximum: 100000 },
+    no_new_privs: { type: 'boolean' },
+  },
+};
+
+/** What the runner writes on fd 3. Untrusted: the script runs in the same process as the runner. */
+export const runnerMessageSchema = {
+  $id: 'RunnerMessage',
+  oneOf: [
+    {
+      type: 'object',
+      additionalProperties: false,
+      required: ['status', 'cpu_ms', 'layers', 'result'],
+      properties: {
+        status: { const: 'ok' },
+        cpu_ms: { type: 'integer', minimum: 0 },
+        layers: layersSchema,
+        result: {},
+      },
+    },
+    {
+      type: 'object',
+      additionalProperties: false,
+      required: ['status', 'cpu_ms', 'layers', 'error'],
+      properties: {
+        status: { const: 'error' },
+        cpu_ms: { type: 'integer', minimum: 0 },
+        layers: layersSchema,
+        error: {
+          type: 'object',
+          additionalProperties: false,
+          required: ['type', 'message'],
+          properties: {
+            type: { enum: RUNNER_ERROR_TYPES },
+            message: { type: 'string', maxLength: 20000 },
+            line: nullableInt,
+            column: nullableInt,
+            text: { type: ['string', 'null'], maxLength: 2000 },
+            exception: { type: 'string', maxLength: 2000 },
+            traceback: { type: 'string', maxLength: 200000 },
+            exit_code: { type: 'integer' },
+          },
+        },
+      },
+    },
+  ],
+} as const;
+
+export interface RunnerLayers {
+  landlock_abi?: number;
+  seccomp_rules?: number;
+  no_new_privs?: boolean;
+}
+
+export type RunnerMessage =
+  | { status: 'ok'; cpu_ms: number; layers: RunnerLayers; result: unknown }
+  | {
+      status: 'error';
+      cpu_ms: number;
+      layers: RunnerLayers;
+      error: {
+        type: RunnerErrorType;
+        message: string;
+        line?: number | null;
+        column?: number | null;
+        text?: string | null;
+        exception?: string;
+        traceback?: string;
+        exit_code?: number;
+      };
+    };
+
+const runFields = {
+  stdout: { type: 'string', description: 'Everything written to fd 1 by the run (all its processes), UTF-8 (invalid bytes become U+FFFD).' },
+  stderr: { type: 'string', description: 'Everything written to fd 2, likewise.' },
+  truncated: {
+    type: 'object',
+    additionalProperties: false,
+    required: ['stdout', 'stderr'],
+    properties: { stdout: { type: 'boolean' }, stderr: { type: 'boolean' } },
+  },
+  timing: {
+    type: 'object',
+    additionalProperties: false,
+    required: ['wall_ms', 'cpu_ms', 'queue_ms'],
+    properties: {
+      wall_ms: { type: 'number', description: 'Sandbox start to end of the run.' },
+      cpu_ms: { type: ['number', 'null'], description: 'CPU time of the run as its runner measured it (null when it was killed).' },
+      queue_ms: { type: 'number', description: 'Time waiting for a run slot; not counted against the time limit.' },
+    },
+  },
+  sandbox: { enum: ['nsjail', 'seccomp'], description: 'Which sandbox mode ran the script.' },
+  request_id: { type: 'string' },
+};
+
+export const executeSuccessSchema = {
+  $id: 'ExecuteSuccess',
+  type: 'object',
+  additionalProperties: false,
+  required: ['result', 'stdout', 'stderr', 'truncated', 'timing', 'sandbox', 'request_id'],
+  properties: { result: { description: "main()'s return value as JSON." }, ...runFields },
+} as const;
+
+export const errorSchema = {
+  $id: 'ErrorResponse',
+  type: 'object',
+  additionalProperties: false,
+  required: ['error', 'request_id'],
+  properties: {
+    error: {
+      type: 'object',
+      required: ['type', 'message'],
+      properties: {
+        type: { enum: Object.keys(ERROR_TYPES) },
+        message: { type: 'string' },
+        line: nullableInt,
+        column: nullableInt,
+        text: { type: ['string', 'null'] },
+        exception: { type: 'string' },
+        traceback: { type: 'string' },
+        exit_code: { type: 'integer' },
+        signal: { type: 'string' },
+        field: { type: 'string' },
+        limit: { type: 'number' },
+        allow: { type: 'array', items: { type: 'string' } },
+      },
+    },
+    ...runFields,
+  },
+} as const;
