@@ -1,0 +1,160 @@
+/**
+ * Starts the real compiled service the way the image does (scripts/serve.sh's command) on a free
+ * port, with real Python in a real sandbox, and talks to it over real HTTP.
+ */
+import { spawn, type ChildProcess } from 'child_process';
+import { accessSync, constants, statSync } from 'fs';
+import * as net from 'net';
+import * as path from 'path';
+
+export const REPO = path.resolve(__dirname, '..', '..', '..');
+const MAIN = path.join(REPO, 'node_modules/@google-cloud/functions-framework/build/src/main.js');
+/** Set in every test service's environment: it must never appear in any response. */
+export const CANARY_SECRET = 'canary-secret-7f3a9c1e52b84d06';
+
+export interface RunningService {
+  url: string;
+  mode: string;
+  process: ChildProcess;
+  logs: string[];
+  /** Structured log lines (stdout parsed as JSON). */
+  logEntries(): Record<string, any>[];
+  stop(signal?: NodeJS.Signals): Promise<number | null>;
+  exited: Promise<number | null>;
+}
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as net.AddressInfo;
+      server.close(() => resolve(port));
+    });
+    server.on('error', reject);
+  });
+}
+
+/** The nsjail binary from NSJAIL_PATH or PATH, or undefined. */
+export function findNsjail(): string | undefined {
+  const candidates = process.env.NSJAIL_PATH ? [process.env.NSJAIL_PATH] : (process.env.PATH ?? '').split(':').map((d) => path.join(d, 'nsjail'));
+  for (const candidate of candidates) {
+    try {
+      accessSync(candidate, constants.X_OK);
+      if (statSync(candidate).isFile()) return candidate;
+    } catch {
+      // not here
+    }
+  }
+  return undefined;
+}
+
+/** Modes to test: seccomp always; nsjail when present, otherwise a loud skip notice. */
+export function sandboxModes(): string[] {
+  const nsjail = findNsjail();
+  if (!nsjail) {
+    process.stderr.write(
+      '\n*** SKIPPING nsjail-mode tests: no nsjail binary (set NSJAIL_PATH or put nsjail on PATH). Only seccomp mode is tested. ***\n\n',
+    );
+    return ['seccomp'];
+  }
+  return ['seccomp', 'nsjail'];
+}
+
+export async function startService(env: Record<string, string> = {}, mode = 'seccomp'): Promise<RunningService> {
+  const port = await freePort();
+  const nsjail = findNsjail();
+  const child = spawn(process.execPath, [MAIN, '--target=service', '--signature-type=http'], {
+    cwd: REPO,
+    env: {
+      PATH: process.env.PATH ?? '/usr/bin:/bin',
+      PORT: String(port),
+      SANDBOX_MODE: mode,
+      ...(nsjail ? { NSJAIL_PATH: nsjail } : {}),
+      SECRET_API_KEY: CANARY_SECRET,
+      // Services started by concurrent test files must never share run uids (a run's cleanup
+      // kills every process of its uid).
+      SANDBOX_UID_BASE: String(200000 + Math.floor(Math.random() * 50000) * 64),
+      ...env,
+    },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const logs: string[] = [];
+  let partial = '';
+  child.stdout!.on('data', (chunk: Buffer) => {
+    partial += chunk.toString('utf8');
+    const lines = partial.split('\n');
+    partial = lines.pop() ?? '';
+    logs.push(...lines.filter(Boolean));
+  });
+  child.stderr!.on('data', (chunk: Buffer) => logs.push(`[stderr] ${chunk.toString('utf8')}`));
+  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+  const url = `http://127.0.0.1:${port}`;
+  const deadline = Date.now() + 30000;
+  for (;;) {
+    if (child.exitCode !== null) throw new Error(`service exited during start-up:\n${logs.join('\n')}`);
+    try {
+      const response = await fetch(`${url}/healthz`);
+      const body = (await response.json()) as { sandbox: { mode: string | null } };
+      if (body.sandbox.mode !== mode) throw new Error(`service chose mode ${body.sandbox.mode}, wanted ${mode}: ${JSON.stringify(body.sandbox)}`);
+      break;
+    } catch (error) {
+      if ((error as Error).message.startsWith('service chose')) {
+        child.kill('SIGKILL');
+        throw error;
+      }
+      if (Date.now() > deadline) throw new Error(`service did not start:\n${logs.join('\n')}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+  return {
+    url,
+    mode,
+    process: child,
+    logs,
+    logEntries: () =>
+      logs.flatMap((line) => {
+        try {
+          return [JSON.parse(line)];
+        } catch {
+          return [];
+        }
+      }),
+    stop: async (signal = 'SIGKILL') => {
+      if (child.exitCode === null) child.kill(signal);
+      return exited;
+    },
+    exited,
+  };
+}
+
+export interface Answer {
+  status: number;
+  headers: Headers;
+  body: any;
+  text: string;
+}
+
+export async function request(url: string, init: RequestInit = {}): Promise<Answer> {
+  const response = await fetch(url, init);
+  const text = await response.text();
+  let body: unknown;
+  try {
+    body = JSON.parse(text);
+  } catch {
+    body = undefined;
+  }
+  return { status: response.status, headers: response.headers, body, text };
+}
+
+export function execute(service: RunningService, script: string, args?: Record<string, unknown>): Promise<Answer> {
+  return request(`${service.url}/execute`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify(args === undefined ? { script } : { script, args }),
+  });
+}
+
+/** Python source from lines (keeps test scripts readable). */
+export function py(...lines: string[]): string {
+  return lines.join('\n') + '\n';
+}
