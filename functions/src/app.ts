@@ -24,8 +24,20 @@ const ROUTES: Record<string, Record<string, Handler>> = {
 
 export function createHandler(ctx: ServiceContext): (req: IncomingMessage, res: ServerResponse) => Promise<void> {
   return async (req, res) => {
-    const info: RequestInfo = { requestId: randomUUID(), trace: traceFromHeaders(req.headers), startedAt: process.hrtime.bigint(), logFields: {} };
+    const info: RequestInfo = {
+      requestId: randomUUID(),
+      trace: traceFromHeaders(req.headers),
+      startedAt: process.hrtime.bigint(),
+      logFields: {},
+      abort: new AbortController(),
+    };
     res.setHeader('X-Request-Id', info.requestId);
+    // Shutdown waits for every tracked request until its answer is written.
+    const untrack = ctx.lifecycle.track(info.abort);
+    const onClose = () => {
+      if (!res.writableFinished) info.abort.abort('client_closed');
+    };
+    res.on('close', onClose);
     let result: HandlerResult;
     let severity: Severity = 'INFO';
     try {
@@ -46,7 +58,24 @@ export function createHandler(ctx: ServiceContext): (req: IncomingMessage, res: 
     const headers = result.status === 413 ? { ...result.headers, Connection: 'close' } : result.headers;
     const size = sendJson(res, result.status, result.body, headers);
     logRequest(ctx, req, info, result.status, size, severity);
+    res.off('close', onClose);
+    await written(res);
+    untrack();
   };
+}
+
+/** Resolves once the answer has been handed to the OS (or the connection is gone). */
+function written(res: ServerResponse): Promise<void> {
+  if (res.writableFinished || res.destroyed) return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      resolve();
+    };
+    const timer = setTimeout(done, 5000);
+    res.once('finish', done);
+    res.once('close', done);
+  });
 }
 
 async function route(req: IncomingMessage, res: ServerResponse, ctx: ServiceContext, info: RequestInfo): Promise<HandlerResult> {

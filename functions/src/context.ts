@@ -21,4 +21,6 @@ export interface RequestInfo {
   startedAt: bigint;
   /** Fields the handler wants in the request's log line. */
   logFields: Record<string, unknown>;
+  /** Aborted when the client leaves ('client_closed') or shutdown's grace ends ('shutdown'). */
+  abort: AbortController;
 }

@@ -1,5 +1,5 @@
 /** POST /execute end to end: real HTTP, real service, real Python in each available sandbox mode. */
-import { promises as fs } from 'fs';
+import { processesWithArgument } from './helpers/processes';
 import { CANARY_SECRET, execute, py, sandboxModes, startService, type RunningService } from './helpers/service';
 
 const LIMITS = { SCRIPT_TIMEOUT_MS: '4000', OUTPUT_MAX_BYTES: '65536', RESULT_MAX_BYTES: '65536' };
@@ -266,17 +266,3 @@ describe.each(sandboxModes())('POST /execute in %s mode', (mode) => {
     });
   });
 });
-
-async function processesWithArgument(argument: string): Promise<number[]> {
-  const found: number[] = [];
-  for (const entry of await fs.readdir('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const cmdline = await fs.readFile(`/proc/${entry}/cmdline`, 'utf8');
-      if (cmdline.split('\0').includes(argument)) found.push(Number(entry));
-    } catch {
-      // gone
-    }
-  }
-  return found;
-}

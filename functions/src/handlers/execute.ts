@@ -13,7 +13,7 @@ export interface HandlerResult {
   headers?: Record<string, string>;
 }
 
-export async function execute(req: IncomingMessage, res: ServerResponse, ctx: ServiceContext, info: RequestInfo): Promise<HandlerResult> {
+export async function execute(req: IncomingMessage, _res: ServerResponse, ctx: ServiceContext, info: RequestInfo): Promise<HandlerResult> {
   requireJson(req);
   const raw = await readBody(req, ctx.config.requestMaxBytes);
   const request = parseExecuteRequest(parseJson(raw));
@@ -24,14 +24,9 @@ export async function execute(req: IncomingMessage, res: ServerResponse, ctx: Se
   const { sandbox, report } = await ctx.probe;
   if (!sandbox) throw new ApiError('sandbox_unavailable', `no sandbox is usable on this instance: ${report.reason}`);
 
-  // The run is killed if the client leaves, or when shutdown's grace period ends.
-  const controller = new AbortController();
-  const untrack = ctx.lifecycle.track(controller);
-  const onClose = () => {
-    if (!res.writableFinished) controller.abort('client_closed');
-  };
-  res.on('close', onClose);
-  try {
+  // The run is killed if the client leaves, or when shutdown's grace period ends (app.ts).
+  const controller = info.abort;
+  {
     const lease = await ctx.admission.acquire(controller.signal);
     info.logFields.queue_ms = Math.round(lease.queueMs);
     try {
@@ -57,9 +52,6 @@ export async function execute(req: IncomingMessage, res: ServerResponse, ctx: Se
     } finally {
       lease.release();
     }
-  } finally {
-    res.off('close', onClose);
-    untrack();
   }
 }
 
