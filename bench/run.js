@@ -1,0 +1,246 @@
+#!/usr/bin/env node
+/**
+ * `npm run bench`: starts the service as users run it (the Functions Framework, scripts/serve.sh's
+ * command), drives HTTP load over loopback, and reports latency percentiles, throughput, errors and
+ * peak memory per workload, sandbox mode, path and concurrency, all in one run.
+ *
+ * Output: bench/results/results.json, bench/results/results.md and bench/results/latency.svg.
+ * Speed is never asserted in tests; this is the measure. Quote medians: machines here are noisy.
+ */
+'use strict';
+const { spawn } = require('child_process');
+const fs = require('fs');
+const net = require('net');
+const os = require('os');
+const path = require('path');
+
+const REPO = path.resolve(__dirname, '..');
+const MAIN = path.join(REPO, 'node_modules/@google-cloud/functions-framework/build/src/main.js');
+const RESULTS = path.join(__dirname, 'results');
+const QUICK = process.argv.includes('--quick');
+
+const WORKLOADS = {
+  hello: 'def main():\n    return "hello"\n',
+  numpy: 'import numpy as np\ndef main():\n    a = np.arange(100000, dtype=np.float64)\n    return float(np.sqrt(a).sum())\n',
+  pandas:
+    'import pandas as pd\ndef main():\n    df = pd.DataFrame({"k": [i % 10 for i in range(10000)], "v": range(10000)})\n' +
+    '    return df.groupby("k")["v"].sum().to_dict()\n',
+  cpu_100ms: 'import time\ndef main():\n    end = time.process_time() + 0.1\n    n = 0\n    while time.process_time() < end:\n        n += 1\n    return n > 0\n',
+  print_1mib: 'import sys\ndef main():\n    sys.stdout.write("x" * 1048575 + "\\n")\n    return 1\n',
+};
+
+function findNsjail() {
+  const candidates = process.env.NSJAIL_PATH ? [process.env.NSJAIL_PATH] : (process.env.PATH || '').split(':').map((d) => path.join(d, 'nsjail'));
+  return candidates.find((c) => {
+    try {
+      fs.accessSync(c, fs.constants.X_OK);
+      return fs.statSync(c).isFile();
+    } catch {
+      return false;
+    }
+  });
+}
+
+function freePort() {
+  return new Promise((resolve) => {
+    const server = net.createServer();
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address();
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+async function startService(mode, extraEnv) {
+  const port = await freePort();
+  const nsjail = findNsjail();
+  const child = spawn(process.execPath, [MAIN, '--target=service', '--signature-type=http'], {
+    cwd: REPO,
+    env: { PATH: process.env.PATH, PORT: String(port), SANDBOX_MODE: mode, NODE_ENV: 'production', MAX_QUEUE: '1000', MAX_QUEUE_WAIT_MS: '600000', ...(nsjail ? { NSJAIL_PATH: nsjail } : {}), ...extraEnv },
+    stdio: ['ignore', 'ignore', 'inherit'],
+  });
+  const url = `http://127.0.0.1:${port}`;
+  for (let i = 0; i < 300; i++) {
+    try {
+      const health = await (await fetch(`${url}/healthz`)).json();
+      if (health.sandbox.mode !== mode) throw new Error(`wanted ${mode}, got ${health.sandbox.mode}: ${health.sandbox.reason}`);
+      return { url, child, capacity: health.capacity };
+    } catch (error) {
+      if (String(error.message).startsWith('wanted')) throw error;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+  throw new Error('service did not start');
+}
+
+/** Peak resident memory of the service process and of all its sandboxed descendants together. */
+function memorySampler(pid) {
+  let servicePeak = 0;
+  let sandboxPeak = 0;
+  const rssKb = (p) => {
+    try {
+      const m = /VmRSS:\s+(\d+)/.exec(fs.readFileSync(`/proc/${p}/status`, 'utf8'));
+      return m ? Number(m[1]) : 0;
+    } catch {
+      return 0;
+    }
+  };
+  const descendants = () => {
+    const parents = new Map();
+    for (const entry of fs.readdirSync('/proc')) {
+      if (!/^\d+$/.test(entry)) continue;
+      try {
+        const stat = fs.readFileSync(`/proc/${entry}/stat`, 'utf8');
+        parents.set(Number(entry), Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]));
+      } catch {
+        // gone
+      }
+    }
+    const out = [];
+    const frontier = [pid];
+    while (frontier.length) {
+      const parent = frontier.pop();
+      for (const [child, ppid] of parents) if (ppid === parent) (out.push(child), frontier.push(child));
+    }
+    return out;
+  };
+  const timer = setInterval(() => {
+    servicePeak = Math.max(servicePeak, rssKb(pid));
+    sandboxPeak = Math.max(sandboxPeak, descendants().reduce((sum, p) => sum + rssKb(p), 0));
+  }, 50);
+  return { stop: () => (clearInterval(timer), { service_peak_mib: round(servicePeak / 1024), sandbox_peak_mib: round(sandboxPeak / 1024) }) };
+}
+
+async function one(url, script) {
+  const started = process.hrtime.bigint();
+  const response = await fetch(`${url}/execute`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ script }) });
+  await response.arrayBuffer();
+  return { ms: Number(process.hrtime.bigint() - started) / 1e6, ok: response.status === 200 };
+}
+
+async function load(url, script, concurrency, total) {
+  const latencies = [];
+  let errors = 0;
+  let next = 0;
+  const started = process.hrtime.bigint();
+  await Promise.all(
+    Array.from({ length: concurrency }, async () => {
+      while (next < total) {
+        next++;
+        const { ms, ok } = await one(url, script);
+        latencies.push(ms);
+        if (!ok) errors++;
+      }
+    }),
+  );
+  const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+  latencies.sort((a, b) => a - b);
+  const pct = (p) => round(latencies[Math.min(latencies.length - 1, Math.floor((p / 100) * latencies.length))]);
+  return { requests: total, p50_ms: pct(50), p95_ms: pct(95), p99_ms: pct(99), throughput_rps: round(total / seconds), errors };
+}
+
+function round(x) {
+  return Math.round(x * 10) / 10;
+}
+
+function machine() {
+  let kernel = '';
+  try {
+    kernel = fs.readFileSync('/proc/sys/kernel/osrelease', 'utf8').trim();
+  } catch {
+    kernel = os.release();
+  }
+  return { cpus: os.cpus().length, cpu_model: os.cpus()[0]?.model ?? 'unknown', memory_gib: round(os.totalmem() / 2 ** 30), kernel, node: process.version, date: new Date().toISOString() };
+}
+
+function markdown(report) {
+  const lines = [
+    `# Benchmark results`,
+    '',
+    `${report.machine.date} on ${report.machine.cpus} x ${report.machine.cpu_model}, ${report.machine.memory_gib} GiB, Linux ${report.machine.kernel}, Node ${report.machine.node}.`,
+    `Loopback HTTP, one service per sandbox mode (MAX_CONCURRENT_RUNS=${report.capacity}). Paths measured: ${report.paths.join(', ')}.`,
+    '',
+    '| mode | path | workload | concurrency | requests | p50 ms | p95 ms | p99 ms | runs/s | errors | service peak MiB | sandboxes peak MiB |',
+    '|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
+  ];
+  for (const r of report.rows) {
+    lines.push(`| ${r.mode} | ${r.path} | ${r.workload} | ${r.concurrency} | ${r.requests} | ${r.p50_ms} | ${r.p95_ms} | ${r.p99_ms} | ${r.throughput_rps} | ${r.errors} | ${r.service_peak_mib} | ${r.sandbox_peak_mib} |`);
+  }
+  if (report.ratios.length) {
+    lines.push('', '| mode | workload | concurrency | warm/cold p50 speed-up | warm/cold throughput |', '|---|---|---:|---:|---:|');
+    for (const r of report.ratios) lines.push(`| ${r.mode} | ${r.workload} | ${r.concurrency} | ${r.p50_speedup}x | ${r.throughput_ratio}x |`);
+  }
+  return lines.join('\n') + '\n';
+}
+
+/** A horizontal bar chart of p50 latency (concurrency 1) per workload, mode and path, as SVG. */
+function svgChart(report) {
+  const rows = report.rows.filter((r) => r.concurrency === 1);
+  const max = Math.max(...rows.map((r) => r.p50_ms), 1);
+  const barHeight = 18;
+  const left = 230;
+  const width = 820;
+  const height = 50 + rows.length * (barHeight + 6);
+  const colors = { 'seccomp/cold': '#4e79a7', 'nsjail/cold': '#f28e2b', 'seccomp/warm': '#59a14f', 'nsjail/warm': '#e15759' };
+  const bars = rows
+    .map((r, i) => {
+      const y = 40 + i * (barHeight + 6);
+      const w = Math.max(1, ((width - left - 80) * r.p50_ms) / max);
+      return (
+        `<text x="${left - 8}" y="${y + 13}" text-anchor="end" font-size="12">${r.workload} (${r.mode}, ${r.path})</text>` +
+        `<rect x="${left}" y="${y}" width="${w.toFixed(1)}" height="${barHeight}" fill="${colors[`${r.mode}/${r.path}`] ?? '#999'}"/>` +
+        `<text x="${left + w + 6}" y="${y + 13}" font-size="12">${r.p50_ms} ms</text>`
+      );
+    })
+    .join('\n');
+  return (
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" font-family="sans-serif">\n` +
+    `<rect width="100%" height="100%" fill="white"/>\n<text x="10" y="22" font-size="15">p50 latency at concurrency 1 (${report.machine.date.slice(0, 10)}, ${report.machine.cpus} cores)</text>\n${bars}\n</svg>\n`
+  );
+}
+
+async function main() {
+  const modes = ['seccomp'];
+  if (findNsjail()) modes.push('nsjail');
+  else console.error('bench: no nsjail binary (NSJAIL_PATH or PATH): nsjail mode not measured');
+  // The warm path (pre-forked interpreters) is not built yet: only the cold path is measured.
+  const paths = ['cold'];
+  const perLevel = QUICK ? { 1: 5, sat: 8 } : { 1: 15, sat: 24 };
+  const report = { machine: machine(), paths, capacity: 0, rows: [], ratios: [] };
+  for (const mode of modes) {
+    for (const pathName of paths) {
+      const service = await startService(mode, {});
+      report.capacity = service.capacity;
+      const saturation = service.capacity;
+      try {
+        for (const [workload, script] of Object.entries(WORKLOADS)) {
+          await one(service.url, script); // warm the page cache, not the sandbox
+          for (const concurrency of [1, saturation]) {
+            const sampler = memorySampler(service.child.pid);
+            const stats = await load(service.url, script, concurrency, concurrency === 1 ? perLevel[1] : perLevel.sat);
+            const row = { mode, path: pathName, workload, concurrency, ...stats, ...sampler.stop() };
+            report.rows.push(row);
+            console.error(`${mode}/${pathName} ${workload} c=${concurrency}: p50 ${row.p50_ms} ms, ${row.throughput_rps} runs/s, ${row.errors} errors`);
+          }
+        }
+      } finally {
+        service.child.kill('SIGTERM');
+        await new Promise((r) => service.child.on('exit', r));
+      }
+    }
+  }
+  for (const warm of report.rows.filter((r) => r.path === 'warm')) {
+    const cold = report.rows.find((r) => r.path === 'cold' && r.mode === warm.mode && r.workload === warm.workload && r.concurrency === warm.concurrency);
+    if (cold) report.ratios.push({ mode: warm.mode, workload: warm.workload, concurrency: warm.concurrency, p50_speedup: round(cold.p50_ms / warm.p50_ms), throughput_ratio: round(warm.throughput_rps / cold.throughput_rps) });
+  }
+  fs.mkdirSync(RESULTS, { recursive: true });
+  fs.writeFileSync(path.join(RESULTS, 'results.json'), JSON.stringify(report, null, 2) + '\n');
+  fs.writeFileSync(path.join(RESULTS, 'results.md'), markdown(report));
+  fs.writeFileSync(path.join(RESULTS, 'latency.svg'), svgChart(report));
+  process.stdout.write(markdown(report));
+}
+
+main().catch((error) => {
+  console.error(error);
+  process.exit(1);
+});
