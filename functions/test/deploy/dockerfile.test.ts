@@ -1,0 +1,270 @@
+/**
+ * sandbox-image/Dockerfile, parsed with dockerfile-ast, and the .dockerignore of its build
+ * context (the repository root). No Docker engine is needed.
+ */
+import * as fs from 'fs';
+import * as path from 'path';
+import { DockerfileParser, From, Instruction, JSONInstruction } from 'dockerfile-ast';
+import { dockerIgnore, REPO, repoFile } from './helpers';
+
+interface Stage {
+  from: From;
+  name: string | null;
+  instructions: Instruction[];
+}
+
+const text = repoFile('sandbox-image/Dockerfile');
+const dockerfile = DockerfileParser.parse(text);
+const stages: Stage[] = [];
+for (const instruction of dockerfile.getInstructions()) {
+  if (instruction.getKeyword() === 'FROM') {
+    const from = instruction as From;
+    stages.push({ from, name: from.getBuildStage(), instructions: [] });
+  } else if (stages.length > 0) {
+    stages[stages.length - 1].instructions.push(instruction);
+  }
+}
+const runtime = stages[stages.length - 1];
+
+function stage(name: string): Stage {
+  const found = stages.find((s) => s.name === name);
+  if (!found) throw new Error(`no stage ${name}`);
+  return found;
+}
+function keyword(s: Stage, kw: string): Instruction[] {
+  return s.instructions.filter((i) => i.getKeyword() === kw);
+}
+function runs(s: Stage): string[] {
+  return keyword(s, 'RUN').map((i) => (i.getArgumentsContent() ?? '').replace(/\\\n/g, ' ').replace(/\s+/g, ' '));
+}
+function json(i: Instruction): string[] {
+  const strings = (i as JSONInstruction).getJSONStrings();
+  return strings.map((s) => s.getJSONValue());
+}
+function copies(s: Stage): Array<{ from: string | null; sources: string[]; dest: string }> {
+  return keyword(s, 'COPY').map((i) => {
+    const args = i.getArguments().map((a) => a.getValue());
+    const fromFlag = (i as unknown as { getFromFlag(): { getValue(): string | null } | null }).getFromFlag();
+    return { from: fromFlag ? fromFlag.getValue() : null, sources: args.slice(0, -1), dest: args[args.length - 1] };
+  });
+}
+function envOf(s: Stage): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const i of keyword(s, 'ENV')) {
+    for (const p of (i as unknown as { getProperties(): Array<{ getName(): string; getValue(): string | null }> }).getProperties()) {
+      out[p.getName()] = p.getValue() ?? '';
+    }
+  }
+  return out;
+}
+
+describe('stages', () => {
+  test('nsjail-build, service-build, then the runtime stage', () => {
+    expect(stages.map((s) => s.name)).toEqual(['nsjail-build', 'service-build', 'runtime']);
+  });
+
+  test('every stage is Debian bookworm; the service stages are Node 20', () => {
+    for (const s of stages) expect(s.from.getImageTag()).toMatch(/bookworm/);
+    expect(stage('nsjail-build').from.getImageName()).toBe('debian');
+    expect(stage('nsjail-build').from.getImageTag()).toMatch(/^bookworm(-\d{8})?(-slim)?$/);
+    for (const name of ['service-build', 'runtime']) {
+      expect(stage(name).from.getImageName()).toBe('node');
+      expect(stage(name).from.getImageTag()).toMatch(/^20(\.\d+){0,2}-bookworm(-slim)?$/);
+    }
+  });
+});
+
+describe('nsjail', () => {
+  const nsjail = stage('nsjail-build');
+
+  test('is built from a pinned release tag', () => {
+    const args = keyword(nsjail, 'ARG').map((i) => (i.getArgumentsContent() ?? '').trim());
+    const version = args.map((a) => /^NSJAIL_VERSION=(\S+)$/.exec(a)?.[1]).find(Boolean);
+    expect(version).toMatch(/^\d+\.\d+(\.\d+)?$/);
+    const clones = runs(nsjail).filter((r) => /git clone/.test(r));
+    expect(clones.length).toBe(1);
+    const clone = clones[0];
+    expect(clone).toMatch(/https:\/\/github\.com\/google\/nsjail(\.git)?\b/);
+    const branch = /--branch[ =]"?([^"\s]+)"?/.exec(clone)?.[1];
+    expect(['${NSJAIL_VERSION}', '$NSJAIL_VERSION', version]).toContain(branch);
+    expect(clone).toMatch(/--recurse-submodules/);
+    // The tag is checked against the commit it named when pinned.
+    expect(args.some((a) => /^NSJAIL_COMMIT=[0-9a-f]{40}$/.test(a))).toBe(true);
+    expect(clone).toMatch(/rev-parse HEAD\)" = "\$\{NSJAIL_COMMIT\}"/);
+  });
+
+  test("installs nsjail's documented build requirements and runs make", () => {
+    const all = runs(nsjail).join(' ');
+    for (const pkg of ['git', 'make', 'g++', 'gcc', 'pkg-config', 'protobuf-compiler', 'libprotobuf-dev', 'libnl-route-3-dev', 'bison', 'flex', 'libtool', 'autoconf', 'ca-certificates']) {
+      expect({ pkg, listed: new RegExp(`(^|\\s)${pkg.replace(/\+/g, '\\+')}(\\s|$)`).test(all) }).toEqual({ pkg, listed: true });
+    }
+    expect(all).toMatch(/make -C \/nsjail|cd \/nsjail && make/);
+  });
+
+  test('the binary lands in /usr/local/bin/nsjail, where NSJAIL_PATH points', () => {
+    expect(copies(runtime)).toContainEqual({ from: 'nsjail-build', sources: ['/nsjail/nsjail'], dest: '/usr/local/bin/nsjail' });
+    expect(envOf(runtime).NSJAIL_PATH).toBe('/usr/local/bin/nsjail');
+  });
+});
+
+describe('the service', () => {
+  test('is compiled with tsc and shipped with production dependencies only', () => {
+    const build = runs(stage('service-build')).join(' ');
+    expect(build).toMatch(/npm ci\b/);
+    expect(build).toMatch(/(npx )?tsc -p tsconfig\.json/);
+    expect(build).toMatch(/npm prune --omit=dev|npm ci [^&]*--omit=dev/);
+  });
+
+  test('/app is root-owned and closed to group/other (the per-run uids cannot read it)', () => {
+    const fromBuild = copies(runtime).filter((c) => c.dest === '/app' || c.dest === '/app/');
+    expect(fromBuild.length).toBe(1);
+    const source = fromBuild[0].from ? stage(fromBuild[0].from) : runtime;
+    const preparing = fromBuild[0].from ? runs(source) : runs(runtime);
+    expect(preparing.some((r) => /chmod -R go-rwx \/app\b/.test(r))).toBe(true);
+    expect(preparing.some((r) => /chown -R root:root \/app\b/.test(r))).toBe(true);
+    // The runtime stage checks the result and closes /app itself.
+    const check = runs(runtime).find((r) => /find \/app/.test(r));
+    expect(check).toMatch(/chmod 0?700 \/app/);
+    expect(check).toMatch(/-perm \/0?77/);
+  });
+
+  test('the sandbox files are copied to /opt/sandbox, root-owned and read-only', () => {
+    const dests = copies(runtime).filter((c) => c.dest.startsWith('/opt/sandbox'));
+    const sources = dests.flatMap((c) => c.sources).map((s) => s.replace(/\/$/, ''));
+    expect(sources.sort()).toEqual(['sandbox-image/nsjail', 'sandbox-image/runner', 'sandbox-image/seccomp-policy.json']);
+    expect(runs(runtime).some((r) => /chown -R root:root \/opt\/sandbox/.test(r) && /chmod -R [^ ]*a-w[^ ]* \/opt\/sandbox/.test(r))).toBe(true);
+  });
+
+  test('the Debian packages come from packages.txt through install-packages.sh (plus tini)', () => {
+    const copy = copies(runtime).find((c) => c.sources.includes('sandbox-image/install-packages.sh'));
+    expect(copy).toBeDefined();
+    expect(copy!.sources).toContain('sandbox-image/packages.txt');
+    const dir = copy!.dest.replace(/\/$/, '');
+    const install = runs(runtime).find((r) => r.includes(`sh ${dir}/install-packages.sh`));
+    expect(install).toBeDefined();
+    // No package is installed around the list except tini.
+    for (const r of runs(runtime)) {
+      for (const m of r.matchAll(/apt-get install ((?:-\S+\s+)*)([^&;|]+)/g)) {
+        const pkgs = m[2].trim().split(/\s+/).filter((p) => !p.startsWith('-'));
+        expect(pkgs).toEqual(['tini']);
+      }
+    }
+  });
+
+  test('environment: production, sandbox paths and port', () => {
+    expect(envOf(runtime)).toEqual(
+      expect.objectContaining({
+        NODE_ENV: 'production',
+        SANDBOX_DIR: '/opt/sandbox',
+        NSJAIL_PATH: '/usr/local/bin/nsjail',
+        SANDBOX_PYTHON: '/usr/bin/python3',
+        PORT: '8080',
+      }),
+    );
+  });
+
+  test('no secrets in ENV or ARG', () => {
+    const secretName = /(SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|API_?KEY|PRIVATE_?KEY|ACCESS_?KEY)/i;
+    const secretValue = /(-----BEGIN|AKIA[0-9A-Z]{16}|ya29\.|AIza[0-9A-Za-z_-]{20,}|ghp_[0-9A-Za-z]{20,})/;
+    for (const s of stages) {
+      for (const i of [...keyword(s, 'ENV'), ...keyword(s, 'ARG')]) {
+        const content = i.getArgumentsContent() ?? '';
+        for (const m of content.matchAll(/([A-Za-z_][A-Za-z0-9_]*)=/g)) expect(m[1]).not.toMatch(secretName);
+        if (i.getKeyword() === 'ARG') expect(content.trim().split('=')[0]).not.toMatch(secretName);
+        expect(content).not.toMatch(secretValue);
+      }
+    }
+    for (const c of stages.flatMap(copies)) {
+      for (const src of c.sources) expect(src).not.toMatch(/(^|\/)(\.env|.*credentials.*\.json|.*\.pem|.*\.key)$/);
+    }
+  });
+});
+
+describe('start-up', () => {
+  test('tini is PID 1', () => {
+    const entrypoints = keyword(runtime, 'ENTRYPOINT');
+    expect(entrypoints.length).toBe(1);
+    expect(json(entrypoints[0])).toEqual(['/usr/bin/tini', '--']);
+  });
+
+  test('CMD starts the Functions Framework exactly as scripts/serve.sh does, in /app, not via npm', () => {
+    const cmds = keyword(runtime, 'CMD');
+    expect(cmds.length).toBe(1);
+    const cmd = json(cmds[0]);
+    expect(cmd.length).toBeGreaterThan(0);
+
+    const serve = repoFile('scripts/serve.sh');
+    const execLine = serve.split('\n').find((l) => /^\s*exec\s+node\s/.test(l));
+    expect(execLine).toBeDefined();
+    const serveCommand = execLine!.trim().split(/\s+/).slice(1);
+    expect(cmd).toEqual(serveCommand);
+    expect(cmd).toEqual(['node', 'node_modules/@google-cloud/functions-framework/build/src/main.js', '--target=service', '--signature-type=http']);
+
+    for (const i of [...keyword(runtime, 'CMD'), ...keyword(runtime, 'ENTRYPOINT')]) {
+      expect(json(i).join(' ')).not.toMatch(/\bnpm\b|\bnpx\b/);
+    }
+    const workdirs = keyword(runtime, 'WORKDIR');
+    expect(workdirs[workdirs.length - 1].getArgumentsContent()).toBe('/app');
+  });
+
+  test('runs as root (needed to switch to per-run uids and to start nsjail)', () => {
+    for (const u of keyword(runtime, 'USER')) expect(u.getArgumentsContent()).toMatch(/^(root|0)(:(root|0))?$/);
+  });
+});
+
+describe('build context', () => {
+  const ignored = dockerIgnore(repoFile('.dockerignore'));
+
+  test('the .dockerignore matcher follows Docker: last match wins, parents count, ! re-includes', () => {
+    const m = dockerIgnore('*\n!src\n**/node_modules\n');
+    expect(m('README.md')).toBe(true);
+    expect(m('src/a.ts')).toBe(false);
+    expect(m('src/node_modules/x/index.js')).toBe(true);
+    expect(m('.git/HEAD')).toBe(true);
+    expect(dockerIgnore('.git\n')('.github/x')).toBe(false);
+  });
+
+  test('.dockerignore keeps out dependencies, build output, tests, VCS and infrastructure', () => {
+    for (const p of [
+      'node_modules',
+      'node_modules/yaml/package.json',
+      'functions/build/index.js',
+      'functions/test/deploy/dockerfile.test.ts',
+      '.git/HEAD',
+      '.ci/run',
+      'coverage/lcov.info',
+      'infra/terraform/main.tf',
+      'docs/design.md',
+      'README.md',
+      '.env',
+      'bench/results.json',
+      'npm-debug.log',
+      'sandbox-image/runner/__pycache__/runner.cpython-311.pyc',
+    ]) {
+      expect({ path: p, ignored: ignored(p) }).toEqual({ path: p, ignored: true });
+    }
+  });
+
+  test('everything the Dockerfile copies from the context exists and is let in', () => {
+    const sources = stages.flatMap(copies).filter((c) => c.from === null).flatMap((c) => c.sources);
+    expect(sources.length).toBeGreaterThan(0);
+    for (const src of sources) {
+      const rel = src.replace(/\/$/, '');
+      expect({ src, exists: fs.existsSync(path.join(REPO, rel)) }).toEqual({ src, exists: true });
+      expect({ src, ignored: ignored(rel) }).toEqual({ src, ignored: false });
+    }
+    expect(ignored('functions/src/index.ts')).toBe(false);
+    expect(ignored('sandbox-image/runner/runner.py')).toBe(false);
+  });
+
+  test('the Cloud Build upload (infra/gcloud/gcloudignore) keeps what the image build needs', () => {
+    const dropped = dockerIgnore(repoFile('infra/gcloud/gcloudignore'));
+    const sources = stages.flatMap(copies).filter((c) => c.from === null).flatMap((c) => c.sources);
+    for (const p of [...sources, 'sandbox-image/Dockerfile', '.dockerignore']) {
+      expect({ path: p, dropped: dropped(p.replace(/\/$/, '')) }).toEqual({ path: p, dropped: false });
+    }
+    for (const p of ['infra/terraform/terraform.tfstate', 'infra/terraform/.terraform/providers/x', 'node_modules/yaml/package.json', '.git/HEAD']) {
+      expect({ path: p, dropped: dropped(p) }).toEqual({ path: p, dropped: true });
+    }
+  });
+});
