@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Idempotent set-up shared by `npm start`, `npm test` and `npm run bench` on a fresh Debian 12
+# Idempotent set-up shared by `npm start`, `npm test` (with --test) and `npm run bench` on a fresh Debian 12
 # machine with Node 20: npm dependencies, the sandbox's Debian packages, and the compiled service.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +25,17 @@ if ! "$python" -c 'import numpy, pandas, seccomp' >/dev/null 2>&1 || ! command -
   else
     echo "setup: the sandbox needs Debian packages; run as root:" >&2
     echo "  sudo sh sandbox-image/install-packages.sh" >&2
+    exit 1
+  fi
+fi
+
+# Tests also lint shell scripts (functions/test/deploy/shellcheck.test.ts).
+if [ "${1:-}" = "--test" ] && ! command -v shellcheck >/dev/null; then
+  if [ "$(id -u)" = "0" ]; then
+    echo "setup: installing shellcheck for the tests" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends shellcheck
+  else
+    echo "setup: the tests need shellcheck; run as root: apt-get install shellcheck" >&2
     exit 1
   fi
 fi
