@@ -152,10 +152,13 @@ def apply_seccomp(policy):
     sock = policy["socket"]
     family = getattr(socket, sock["allow_family"])
     add(deny(sock["errno"]), "socket", seccomp.Arg(0, seccomp.NE, family))
+    add(deny(sock["errno"]), "socketpair", seccomp.Arg(0, seccomp.NE, family))
     allowed_type = getattr(socket, sock["allow_unix_type"])
     for sock_type in (socket.SOCK_STREAM, socket.SOCK_DGRAM, socket.SOCK_RAW, socket.SOCK_RDM, socket.SOCK_SEQPACKET, 10):
         if sock_type != allowed_type:
-            add(deny(sock["errno"]), "socket", seccomp.Arg(0, seccomp.EQ, family), seccomp.Arg(1, seccomp.MASKED_EQ, 0xF, sock_type))
+            # The low 4 bits are the type; SOCK_CLOEXEC and SOCK_NONBLOCK ride above them.
+            for call in ("socket", "socketpair"):
+                add(deny(sock["errno"]), call, seccomp.Arg(0, seccomp.EQ, family), seccomp.Arg(1, seccomp.MASKED_EQ, 0xF, sock_type))
     add(deny(policy["sendto_with_address"]["errno"]), "sendto", seccomp.Arg(4, seccomp.NE, 0))
 
     clone = policy["clone_namespace_flags"]

@@ -3,8 +3,11 @@
 Protocol with the service (functions/src/sandbox/protocol.ts):
   stdin  the job, one JSON document: {"script", "args", "limits", "confine", "result_max_bytes"}.
          Read to EOF, then replaced by /dev/null before user code runs.
-  fd 3   the result channel: exactly one JSON document written after main() returns or fails,
+  fd 3   the result channel: one byte 0x1e once every confinement layer is on (before any user
+         code), then exactly one JSON document written after main() returns or fails,
          {"status": "ok", "result": ..., "cpu_ms": ...} or {"status": "error", "error": {...}}.
+         A failed confinement writes {"status": "error", "error": {"type": "sandbox_error"}} with
+         no 0x1e before it.
          It is moved to a high, close-on-exec descriptor first, so child processes never have
          it and fd 3 is free for the script. Whatever the script prints goes to fds 1 and 2,
          which the service captures separately; stdout can never change the result.
@@ -20,6 +23,7 @@ import os
 import resource
 import sys
 import traceback
+import types
 
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # python -I leaves the script's dir out
@@ -29,6 +33,7 @@ import jsonify  # noqa: E402
 SCRIPT_NAME = "script.py"
 EXIT_CONFINEMENT_FAILED = 70
 RESULT_FD = 3
+CONFINED_MARKER = b"\x1e"  # ASCII record separator: the runner is confined, user code follows
 
 
 def _safe_str(value, limit=8192):
@@ -108,7 +113,16 @@ def _take_result_fd():
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     high = fcntl.fcntl(RESULT_FD, fcntl.F_DUPFD_CLOEXEC, max(10, min(100, soft - 8)))
     os.close(RESULT_FD)
+    _close_inherited(keep=high)
     return high
+
+
+def _close_inherited(keep):
+    """Closes every descriptor but 0, 1, 2 and the channel. In seccomp mode the runner is a plain
+    child of the service and would otherwise inherit whatever non-close-on-exec descriptors the
+    service itself inherited (a pipe of its supervisor, a socket): the script must get none."""
+    os.closerange(3, keep)
+    os.closerange(keep + 1, 1 << 20)
 
 
 def _user_traceback(exc):
@@ -164,7 +178,11 @@ def run(job, channel):
         return channel.send_error("missing_main", "the script must define a top-level function main() (def main or async def main)")
 
     linecache.cache[SCRIPT_NAME] = (len(source), None, source.splitlines(True), SCRIPT_NAME)
-    namespace = {"__name__": "script", "__file__": SCRIPT_NAME, "__builtins__": __builtins__}
+    # A real module named "script", so pickle (multiprocessing) finds the script's functions.
+    module = types.ModuleType("script")
+    module.__file__ = SCRIPT_NAME
+    sys.modules["script"] = module
+    namespace = module.__dict__
     try:
         exec(code, namespace)
         main = namespace.get("main")
@@ -212,6 +230,10 @@ def main():
     except Exception as exc:  # noqa: BLE001 - no user code runs without every required layer
         channel.send_error("sandbox_error", f"confinement failed: {exc}")
         os._exit(EXIT_CONFINEMENT_FAILED)
+    # Every layer is on: say so before any user code. The script can write to the channel too
+    # (it is a descriptor of this very process), but it cannot unwrite this byte, so the service
+    # believes a sandbox_error only without it and a result only after it.
+    channel.send_raw(CONFINED_MARKER)
     os.chdir(job["confine"]["workdir"])
     try:
         run(job, channel)

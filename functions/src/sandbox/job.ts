@@ -14,6 +14,8 @@ export interface RunnerPaths {
   workdir: string;
   runnerDir: string;
   policyFile: string;
+  /** Writable places beyond the workdir: nsjail mode's private /dev/shm (multiprocessing's semaphores). */
+  extraWritePaths?: string[];
 }
 
 /** Read-only places the interpreter needs besides its own prefix and import path. */
@@ -47,7 +49,7 @@ export function runnerJob(config: Config, paths: RunnerPaths, script: string, ar
     confine: {
       workdir: paths.workdir,
       read_paths: [...SYSTEM_READ_PATHS, paths.runnerDir, paths.policyFile],
-      write_paths: [paths.workdir, '/dev/null'],
+      write_paths: [paths.workdir, '/dev/null', ...(paths.extraWritePaths ?? [])],
       seccomp_policy: paths.policyFile,
       landlock: true,
     },

@@ -7,7 +7,9 @@ import { channelMaxBytes, runnerArgv, runnerJob } from './job';
 import { JAIL_POLICY_FILE, JAIL_RUNNER_DIR, JAIL_WORKDIR } from './nsjailConfig';
 import { runProcess } from './processRun';
 import type { RunReport, RunRequest, Sandbox } from './types';
+import { withUsageNote } from './types';
 import { killAllOfUid } from './uidReaper';
+import { watchUsage } from './usageWatch';
 
 /** The uid (and gid) a script has inside the jail. */
 const INSIDE_ID = 1000;
@@ -29,7 +31,7 @@ export class NsjailSandbox implements Sandbox {
     const outsideId = this.isRoot ? this.config.sandboxUidBase + request.slot : process.getuid!();
     const job = runnerJob(
       this.config,
-      { workdir: JAIL_WORKDIR, runnerDir: JAIL_RUNNER_DIR, policyFile: JAIL_POLICY_FILE },
+      { workdir: JAIL_WORKDIR, runnerDir: JAIL_RUNNER_DIR, policyFile: JAIL_POLICY_FILE, extraWritePaths: ['/dev/shm'] },
       request.script,
       request.args,
     );
@@ -40,10 +42,27 @@ export class NsjailSandbox implements Sandbox {
       ...this.options.extraFlags,
       '--', ...runnerArgv(this.config.sandboxPython, JAIL_RUNNER_DIR),
     ];
+    // Aggregate memory of the jail's processes (outside uid), also where cgroup v2 is missing.
+    let exceeded: string | undefined;
+    let nsjailPid: number | undefined;
+    const stopWatch = this.isRoot
+      ? watchUsage({ uid: outsideId, memoryBytes: this.config.scriptMemoryMb * 1024 * 1024 }, (reason) => {
+          exceeded = reason;
+          if (nsjailPid !== undefined) {
+            try {
+              process.kill(nsjailPid, 'SIGKILL');
+            } catch {
+              // already gone
+            }
+          }
+          void killAllOfUid(outsideId);
+        })
+      : () => undefined;
     const result = await runProcess(
       { command: this.options.binary, args, env: {}, cwd: '/', detached: true, stdin: job, extraReadFds: 1 },
       { timeoutMs: this.config.scriptTimeoutMs, outputMaxBytes: this.config.outputMaxBytes, channelMaxBytes: channelMaxBytes(this.config) },
       async (pid) => {
+        nsjailPid ??= pid;
         // Killing nsjail kills the jail's init (PR_SET_PDEATHSIG), and with it the pid namespace.
         if (pid !== undefined) {
           try {
@@ -55,11 +74,14 @@ export class NsjailSandbox implements Sandbox {
         if (this.isRoot) await killAllOfUid(outsideId);
       },
       request.signal,
-    );
+      (pid) => {
+        nsjailPid = pid;
+      },
+    ).finally(stopWatch);
     const log = result.extra[0]?.toString('utf8') ?? '';
     const ended = parseNsjailExit(log);
     const started = /Executing '/.test(log) || ended !== undefined || result.channel.kind !== 'empty';
-    return {
+    return withUsageNote({
       mode: 'nsjail',
       channel: result.channel,
       exitCode: ended?.exitCode ?? (ended?.signal ? null : result.exitCode),
@@ -74,7 +96,7 @@ export class NsjailSandbox implements Sandbox {
         : !started && !result.timedOut && !result.aborted
           ? `nsjail failed to set up the jail: ${lastErrorLine(log)}`
           : undefined,
-    };
+    }, exceeded);
   }
 }
 

@@ -50,6 +50,7 @@ export function runProcess(
   limits: ProcessLimits,
   killTree: (pid: number | undefined) => Promise<void>,
   signal: AbortSignal,
+  onSpawn?: (pid: number | undefined) => void,
 ): Promise<ProcessResult> {
   const started = process.hrtime.bigint();
   const elapsedMs = () => Number(process.hrtime.bigint() - started) / 1e6;
@@ -71,6 +72,7 @@ export function runProcess(
       resolve(failedSpawn((error as Error).message, elapsedMs()));
       return;
     }
+    onSpawn?.(child.pid);
     const pipes = child.stdio as unknown as Readable[];
     const stdout = new CappedCapture(pipes[1], limits.outputMaxBytes);
     const stderr = new CappedCapture(pipes[2], limits.outputMaxBytes);
@@ -133,18 +135,33 @@ export function runProcess(
   });
 }
 
-/** The channel is untrusted input: size-capped by the capture, then a strict parse and schema check. */
-function readChannel(capture: CappedCapture): ChannelState {
+/** Written by the runner once confined, before any user code (sandbox-image/runner/runner.py). */
+export const CONFINED_MARKER = 0x1e;
+
+/**
+ * The channel is untrusted input: size-capped by the capture, then a strict parse and schema check.
+ * The script shares the runner's process, so it can write to the channel too; what it cannot do
+ * is remove the marker the runner wrote before user code. A message after the marker is the
+ * script's to choose (a result or an error about itself), except sandbox_error, which only the
+ * runner, before the marker, may send: a script cannot make the service claim its sandbox failed.
+ */
+export function readChannel(capture: { overflowed: boolean; buffer(): Buffer }): ChannelState {
   if (capture.overflowed) return { kind: 'oversize' };
   const raw = capture.buffer();
   if (raw.length === 0) return { kind: 'empty' };
+  const confined = raw[0] === CONFINED_MARKER;
+  const body = confined ? raw.subarray(1) : raw;
+  if (body.length === 0) return { kind: 'empty' };
   let parsed: unknown;
   try {
-    parsed = JSON.parse(raw.toString('utf8'));
+    parsed = JSON.parse(body.toString('utf8'));
   } catch {
     return { kind: 'invalid' };
   }
-  return isRunnerMessage(parsed) ? { kind: 'message', message: parsed } : { kind: 'invalid' };
+  if (!isRunnerMessage(parsed)) return { kind: 'invalid' };
+  const sandboxError = parsed.status === 'error' && parsed.error.type === 'sandbox_error';
+  if (confined === sandboxError) return { kind: 'invalid' };
+  return { kind: 'message', message: parsed };
 }
 
 function failedSpawn(message: string, wallMs: number): ProcessResult {

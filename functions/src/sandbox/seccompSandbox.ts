@@ -11,6 +11,10 @@ import { channelMaxBytes, runnerArgv, runnerJob, sandboxEnvironment } from './jo
 import { runProcess, type ProcessResult } from './processRun';
 import type { RunReport, RunRequest, Sandbox } from './types';
 import { killAllOfUid, removeFilesOfUid } from './uidReaper';
+import { withUsageNote } from './types';
+import { watchUsage } from './usageWatch';
+
+const MIB = 1024 * 1024;
 
 export class SeccompSandbox implements Sandbox {
   readonly mode = 'seccomp' as const;
@@ -21,6 +25,15 @@ export class SeccompSandbox implements Sandbox {
   async run(request: RunRequest): Promise<RunReport> {
     const uid = this.isRoot ? this.config.sandboxUidBase + request.slot : undefined;
     const workdir = await this.makeWorkdir(request.slot, uid);
+    // Aggregate memory of the run and the size of its directory (no tmpfs cap in this mode).
+    let exceeded: string | undefined;
+    const stopWatch =
+      uid !== undefined
+        ? watchUsage({ uid, memoryBytes: this.config.scriptMemoryMb * MIB, dir: workdir, dirBytes: this.config.scriptTmpMb * MIB }, (reason) => {
+            exceeded = reason;
+            void killAllOfUid(uid);
+          })
+        : () => undefined;
     try {
       const runnerDir = path.join(this.config.sandboxDir, 'runner');
       const job = runnerJob(
@@ -36,8 +49,9 @@ export class SeccompSandbox implements Sandbox {
         (pid) => this.killTree(pid, uid),
         request.signal,
       );
-      return toReport(result);
+      return withUsageNote(toReport(result), exceeded);
     } finally {
+      stopWatch();
       if (uid !== undefined) {
         await killAllOfUid(uid);
         await removeFilesOfUid(uid);

@@ -44,3 +44,13 @@ export interface Sandbox {
   readonly mode: SandboxMode;
   run(request: RunRequest): Promise<RunReport>;
 }
+
+/**
+ * A run killed by the service's usage sampler (usageWatch.ts) says why on its stderr, after
+ * whatever the script wrote: the answer then names the limit (memory_limit for memory).
+ */
+export function withUsageNote(report: RunReport, note: string | undefined): RunReport {
+  if (!note) return report;
+  const text = `${report.stderr.text}${report.stderr.text && !report.stderr.text.endsWith('\n') ? '\n' : ''}${note}\n`;
+  return { ...report, stderr: { ...report.stderr, text }, signal: report.signal ?? 'SIGKILL' };
+}
