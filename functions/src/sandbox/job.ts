@@ -16,7 +16,31 @@ export interface RunnerPaths {
   policyFile: string;
   /** Writable places beyond the workdir: nsjail mode's private /dev/shm (multiprocessing's semaphores). */
   extraWritePaths?: string[];
+  /** What of /proc is readable: the jail's own /proc whole, or (seccomp mode) PROC_SELF_ONLY. */
+  procPaths: string[];
 }
+
+/**
+ * Seccomp mode shares the host's /proc. Landlock keeps the run to its own process directory
+ * (/proc/self resolves to the runner's /proc/<pid> when the rule is made; its threads and the
+ * directories below it are included) and a few system-wide files libraries read. Listing /proc,
+ * and every other process's entries, are refused: a run sees no other run's processes. Children
+ * of the runner have another pid and so no /proc/self; what reads it (subprocess's fd scan)
+ * falls back.
+ */
+export const PROC_SELF_ONLY = [
+  '/proc/self',
+  '/proc/cpuinfo',
+  '/proc/meminfo',
+  '/proc/stat',
+  '/proc/loadavg',
+  '/proc/uptime',
+  '/proc/version',
+  '/proc/filesystems',
+  '/proc/sys/vm/overcommit_memory',
+  '/proc/sys/kernel/osrelease',
+  '/proc/sys/kernel/random',
+];
 
 /** Read-only places the interpreter needs besides its own prefix and import path. */
 const SYSTEM_READ_PATHS = [
@@ -27,7 +51,6 @@ const SYSTEM_READ_PATHS = [
   '/etc/ld.so.cache',
   '/etc/localtime',
   '/etc/timezone',
-  '/proc',
   '/sys/devices/system/cpu',
   '/dev/urandom',
   '/dev/random',
@@ -48,7 +71,7 @@ export function runnerJob(config: Config, paths: RunnerPaths, script: string, ar
     },
     confine: {
       workdir: paths.workdir,
-      read_paths: [...SYSTEM_READ_PATHS, paths.runnerDir, paths.policyFile],
+      read_paths: [...SYSTEM_READ_PATHS, ...paths.procPaths, paths.runnerDir, paths.policyFile],
       write_paths: [paths.workdir, '/dev/null', ...(paths.extraWritePaths ?? [])],
       seccomp_policy: paths.policyFile,
       landlock: true,

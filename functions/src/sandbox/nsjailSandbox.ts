@@ -31,7 +31,7 @@ export class NsjailSandbox implements Sandbox {
     const outsideId = this.isRoot ? this.config.sandboxUidBase + request.slot : process.getuid!();
     const job = runnerJob(
       this.config,
-      { workdir: JAIL_WORKDIR, runnerDir: JAIL_RUNNER_DIR, policyFile: JAIL_POLICY_FILE, extraWritePaths: ['/dev/shm'] },
+      { workdir: JAIL_WORKDIR, runnerDir: JAIL_RUNNER_DIR, policyFile: JAIL_POLICY_FILE, extraWritePaths: ['/dev/shm'], procPaths: ['/proc'] },
       request.script,
       request.args,
     );

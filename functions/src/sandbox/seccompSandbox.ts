@@ -7,7 +7,7 @@
 import { promises as fs } from 'fs';
 import * as path from 'path';
 import type { Config } from '../config';
-import { channelMaxBytes, runnerArgv, runnerJob, sandboxEnvironment } from './job';
+import { channelMaxBytes, PROC_SELF_ONLY, runnerArgv, runnerJob, sandboxEnvironment } from './job';
 import { runProcess, type ProcessResult } from './processRun';
 import type { RunReport, RunRequest, Sandbox } from './types';
 import { killAllOfUid, removeFilesOfUid } from './uidReaper';
@@ -38,7 +38,7 @@ export class SeccompSandbox implements Sandbox {
       const runnerDir = path.join(this.config.sandboxDir, 'runner');
       const job = runnerJob(
         this.config,
-        { workdir, runnerDir, policyFile: path.join(this.config.sandboxDir, 'seccomp-policy.json') },
+        { workdir, runnerDir, policyFile: path.join(this.config.sandboxDir, 'seccomp-policy.json'), procPaths: PROC_SELF_ONLY },
         request.script,
         request.args,
       );
