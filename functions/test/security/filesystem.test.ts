@@ -206,7 +206,7 @@ describe.each(sandboxModes())('security: filesystem in %s mode', (mode) => {
     expectAllDenied(answer.body.result);
   });
 
-  test('fs: the private directory itself is writable and usable', async () => {
+  test('fs-write: the private directory itself is writable and usable [control]', async () => {
     const answer = await execute(service, py('import os, tempfile', 'def main():', "    open('a.txt', 'w').write('hi')", "    with tempfile.NamedTemporaryFile('w') as f:", "        f.write('x')", "    return open('a.txt').read()"));
     expect(answer.body.result).toBe('hi');
   });
