@@ -1,8 +1,24 @@
-/** Tests run against the compiled service over real HTTP; ts-jest only compiles the test files. */
-module.exports = {
+/**
+ * Tests run against the compiled service over real HTTP; ts-jest only compiles the test files.
+ * Two projects: "cold" runs every test with a new interpreter per run; "warm" runs the execution
+ * and attack suites again on the warm path (pre-forked children from the zygote, seccomp mode).
+ */
+const common = {
   testEnvironment: 'node',
   roots: ['<rootDir>/functions/test'],
   transform: { '^.+\\.ts$': ['ts-jest', { tsconfig: '<rootDir>/functions/tsconfig.test.json' }] },
+};
+
+module.exports = {
   testTimeout: 60000,
   maxWorkers: 1,
+  projects: [
+    { ...common, displayName: 'cold', setupFiles: ['<rootDir>/functions/test/setup/cold.js'] },
+    {
+      ...common,
+      displayName: 'warm',
+      setupFiles: ['<rootDir>/functions/test/setup/warm.js'],
+      testMatch: ['<rootDir>/functions/test/execute.test.ts', '<rootDir>/functions/test/security/**/*.test.ts'],
+    },
+  ],
 };

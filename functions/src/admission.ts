@@ -26,7 +26,7 @@ export class Admission {
     private readonly maxWaitMs: number,
     private readonly retryAfterS: number,
   ) {
-    this.freeSlots = Array.from({ length: capacity }, (_, i) => capacity - 1 - i);
+    this.freeSlots = Array.from({ length: capacity }, (_, i) => i);
   }
 
   get inFlight(): number {
@@ -46,7 +46,8 @@ export class Admission {
   acquire(signal?: AbortSignal): Promise<Lease> {
     const enqueuedAt = performance.now();
     if (this.closedReason) return Promise.reject(this.shuttingDown());
-    const slot = this.freeSlots.pop();
+    // Least recently used slot first: its warm child has had the longest time to get ready.
+    const slot = this.freeSlots.shift();
     if (slot !== undefined) return Promise.resolve(this.lease(slot, enqueuedAt));
     if (this.waiters.length >= this.maxQueue) {
       return Promise.reject(this.overloaded(`all ${this.capacity} run slots are busy and ${this.waiters.length} requests are already queued`));

@@ -28,6 +28,9 @@ export interface Config {
   maxQueueWaitMs: number;
   shutdownGraceMs: number;
   sandboxUidBase: number;
+  warmPool: boolean;
+  warmPoolSize: number;
+  zygoteMemoryMb: number;
   projectId: string | undefined;
   logScripts: boolean;
 }
@@ -55,11 +58,11 @@ export const SETTINGS: Setting[] = [
   { env: 'SANDBOX_DIR', default: '<repo>/sandbox-image', description: 'Holds `runner/`, `nsjail/python.cfg` and `seccomp-policy.json` (the image uses /opt/sandbox).' },
   { env: 'SANDBOX_WORK_ROOT', default: '<os tmpdir>/pyexec-runs', description: 'Seccomp mode: parent of the per-run private directories (created 0711, root-owned).' },
   { env: 'SCRIPT_TIMEOUT_MS', default: '10000', description: 'Wall-clock limit of one run (queue time not included). CPU time is limited to the same number of seconds, rounded up.' },
-  { env: 'SCRIPT_MEMORY_MB', default: '512', description: 'Address-space limit of each process of a run (RLIMIT_AS; also the cgroup memory limit when nsjail can use cgroup v2).' },
+  { env: 'SCRIPT_MEMORY_MB', default: '512', description: 'Memory of a run: RLIMIT_AS of each of its processes, and the sum over all of them (the service's sampler, or the cgroup limit when nsjail can use cgroup v2); over it is `memory_limit`.' },
   { env: 'SCRIPT_MAX_PROCESSES', default: '32', description: 'Processes and threads a run may have at once (RLIMIT_NPROC for its own uid).' },
   { env: 'SCRIPT_MAX_OPEN_FILES', default: '256', description: 'Open file descriptors per process (RLIMIT_NOFILE).' },
   { env: 'SCRIPT_MAX_FILE_MB', default: '16', description: 'Largest file a run may write (RLIMIT_FSIZE).' },
-  { env: 'SCRIPT_TMP_MB', default: '64', description: "nsjail mode: size of the run's private tmpfs /tmp." },
+  { env: 'SCRIPT_TMP_MB', default: '64', description: "Disk a run may fill: nsjail mode's private tmpfs /tmp; seccomp mode's private directory (sampled, with at most 10000 entries)." },
   { env: 'OUTPUT_MAX_BYTES', default: '1048576', description: 'Captured stdout and captured stderr are each cut at this many bytes (`truncated` says so); the rest is read and dropped.' },
   { env: 'RESULT_MAX_BYTES', default: '1048576', description: "Largest JSON encoding of main()'s return value; larger is `result_too_large`." },
   { env: 'REQUEST_MAX_BYTES', default: '1048576', description: 'Largest request body; larger is refused with 413 before it is read.' },
@@ -68,6 +71,9 @@ export const SETTINGS: Setting[] = [
   { env: 'MAX_QUEUE_WAIT_MS', default: '10000', description: 'Longest wait for a slot before 429.' },
   { env: 'SHUTDOWN_GRACE_MS', default: '8000', description: 'On SIGTERM, how long in-flight runs may finish before they are killed.' },
   { env: 'SANDBOX_UID_BASE', default: '60000', description: 'Run slot n executes as uid/gid base+n (when the service runs as root).' },
+  { env: 'WARM_POOL', default: 'on', description: '`on`: seccomp-mode runs use pre-forked, pre-confined interpreters from a zygote with numpy and pandas loaded (falls back to cold runs if the zygote cannot start); `off`: every run starts a new interpreter. nsjail mode always runs cold.' },
+  { env: 'WARM_POOL_SIZE', default: 'MAX_CONCURRENT_RUNS', description: 'How many run slots keep a confined child waiting; other slots fork one on demand.' },
+  { env: 'ZYGOTE_MEMORY_MB', default: '1024', description: "Address-space limit of the zygote (its children lower theirs to SCRIPT_MEMORY_MB)." },
   { env: 'GOOGLE_CLOUD_PROJECT', default: '(unset)', description: 'Project id for trace correlation in logs.' },
   { env: 'LOG_SCRIPTS', default: 'false', description: 'Debugging only: also log scripts. By default only their SHA-256 is logged.' },
 ];
@@ -81,6 +87,14 @@ function integer(env: NodeJS.ProcessEnv, name: string, fallback: number, min: nu
   const value = Number(raw.trim());
   if (value < min || value > max) throw new ConfigError(`${name} must be between ${min} and ${max}, got ${value}`);
   return value;
+}
+
+function onOff(env: NodeJS.ProcessEnv, name: string, fallback: boolean): boolean {
+  const raw = (env[name] ?? '').trim().toLowerCase();
+  if (raw === '') return fallback;
+  if (raw === 'on' || raw === 'true' || raw === '1') return true;
+  if (raw === 'off' || raw === 'false' || raw === '0') return false;
+  throw new ConfigError(`${name} must be on or off, got "${env[name]}"`);
 }
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
@@ -111,6 +125,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     maxQueueWaitMs: integer(env, 'MAX_QUEUE_WAIT_MS', 10000, 0, 3600000),
     shutdownGraceMs: integer(env, 'SHUTDOWN_GRACE_MS', 8000, 0, 3600000),
     sandboxUidBase: integer(env, 'SANDBOX_UID_BASE', 60000, 1000, 4000000000),
+    warmPool: onOff(env, 'WARM_POOL', true),
+    warmPoolSize: integer(env, 'WARM_POOL_SIZE', maxConcurrentRuns, 0, 1000),
+    zygoteMemoryMb: integer(env, 'ZYGOTE_MEMORY_MB', 1024, 256, 65536),
     projectId: env.GOOGLE_CLOUD_PROJECT || env.GCLOUD_PROJECT || undefined,
     logScripts: env.LOG_SCRIPTS === 'true',
   };

@@ -90,6 +90,7 @@ export function openApiDocument(): Record<string, unknown> {
               required: ['mode', 'reason', 'capabilities'],
               properties: {
                 mode: { enum: ['nsjail', 'seccomp', null] },
+                path: { enum: ['warm', 'cold', null], description: 'warm: pre-forked, pre-confined interpreters; cold: a new interpreter per run.' },
                 reason: { type: 'string' },
                 requested: { enum: ['auto', 'nsjail', 'seccomp'] },
                 capabilities: { type: 'object', additionalProperties: { type: 'object', required: ['available', 'detail'], properties: { available: { type: 'boolean' }, detail: { type: 'string' } } } },
@@ -99,6 +100,11 @@ export function openApiDocument(): Record<string, unknown> {
             in_flight: { type: 'integer' },
             queued: { type: 'integer' },
             limits: { type: 'object', additionalProperties: { type: 'number' } },
+            warm_pool: {
+              type: 'object',
+              description: 'Warm path only: children confined and waiting for a job (each becomes exactly one run).',
+              properties: { size: { type: 'integer' }, waiting: { type: 'integer' }, children: { type: 'array', items: { type: 'object', properties: { slot: { type: 'integer' }, pid: { type: 'integer' } } } } },
+            },
             canary: { type: 'object', required: ['ok', 'detail'], properties: { ok: { type: 'boolean' }, detail: { type: 'string' }, wall_ms: { type: 'number' }, queue_ms: { type: 'number' } } },
             request_id: { type: 'string' },
           },

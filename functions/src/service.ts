@@ -12,13 +12,14 @@ export function createService(config: Config, logger = new Logger(config.project
   installBodyInterception();
   const admission = new Admission(config.maxConcurrentRuns, config.maxQueue, config.maxQueueWaitMs, Math.max(1, Math.ceil(config.scriptTimeoutMs / 1000)));
   const lifecycle = new Lifecycle(admission, logger, config.shutdownGraceMs);
-  const probed: Promise<ProbeResult> = probe(config).then(
+  const probed: Promise<ProbeResult> = probe(config, logger).then(
     (result) => {
       const { report } = result;
       const log = report.mode ? logger.info.bind(logger) : logger.error.bind(logger);
-      log(report.mode ? `sandbox mode: ${report.mode} (${report.reason})` : `no usable sandbox: every run will be refused with 503 (${report.reason})`, {
+      log(report.mode ? `sandbox mode: ${report.mode}, ${report.path} path (${report.reason})` : `no usable sandbox: every run will be refused with 503 (${report.reason})`, {
         event: 'startup',
         sandbox_mode: report.mode,
+        sandbox_path: report.path,
         reason: report.reason,
         capabilities: report.capabilities,
         limits: { ...config, projectId: undefined },
@@ -32,9 +33,10 @@ export function createService(config: Config, logger = new Logger(config.project
         sandbox: null,
         report: {
           mode: null,
+          path: null,
           reason: `the start-up probe failed: ${error.message}`,
           requested: config.sandboxMode,
-          capabilities: { running_as_root: detail, seccomp: detail, landlock: { ...detail, abi: 0 }, nsjail: detail, cgroup_v2: detail },
+          capabilities: { running_as_root: detail, seccomp: detail, landlock: { ...detail, abi: 0 }, nsjail: detail, cgroup_v2: detail, warm_pool: detail },
         },
       };
     },

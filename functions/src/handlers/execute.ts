@@ -41,6 +41,7 @@ export async function execute(req: IncomingMessage, _res: ServerResponse, ctx: S
       Object.assign(info.logFields, {
         outcome: outcome.type,
         sandbox: run.mode,
+        sandbox_path: report.path,
         wall_ms: Math.round(run.wallMs),
         cpu_ms: run.channel.kind === 'message' ? run.channel.message.cpu_ms : null,
         stdout_bytes: run.stdout.bytes,

@@ -6,6 +6,7 @@
 import type { IncomingMessage } from 'http';
 import type { RequestInfo, ServiceContext } from '../context';
 import { trialRun } from '../sandbox/probe';
+import { WarmSandbox } from '../sandbox/warm/warmSandbox';
 import type { HandlerResult } from './execute';
 
 export async function health(req: IncomingMessage, ctx: ServiceContext, info: RequestInfo): Promise<HandlerResult> {
@@ -13,7 +14,7 @@ export async function health(req: IncomingMessage, ctx: ServiceContext, info: Re
   const deep = new URL(req.url ?? '/', 'http://localhost').searchParams.get('deep');
   const body: Record<string, unknown> = {
     status: ctx.lifecycle.shuttingDown ? 'shutting_down' : sandbox ? 'ok' : 'unavailable',
-    sandbox: { mode: report.mode, reason: report.reason, requested: report.requested, capabilities: report.capabilities },
+    sandbox: { mode: report.mode, path: report.path, reason: report.reason, requested: report.requested, capabilities: report.capabilities },
     capacity: ctx.admission.capacity,
     in_flight: ctx.admission.inFlight,
     queued: ctx.admission.queued,
@@ -29,6 +30,10 @@ export async function health(req: IncomingMessage, ctx: ServiceContext, info: Re
     },
     request_id: info.requestId,
   };
+  if (sandbox instanceof WarmSandbox) {
+    const waiting = sandbox.waiting();
+    body.warm_pool = { size: ctx.config.warmPoolSize, waiting: waiting.length, children: waiting };
+  }
   if (deep === '1' || deep === 'true') {
     if (sandbox && !ctx.lifecycle.shuttingDown) {
       const lease = await ctx.admission.acquire();

@@ -57,10 +57,9 @@ const SYSTEM_READ_PATHS = [
   '/dev/zero',
 ];
 
-export function runnerJob(config: Config, paths: RunnerPaths, script: string, args: Record<string, unknown>): Buffer {
-  const job = {
-    script,
-    args,
+/** Limits and confinement of a run: everything the runner gets except the script and its args. */
+export function runnerJobSpec(config: Config, paths: RunnerPaths) {
+  return {
     result_max_bytes: config.resultMaxBytes,
     limits: {
       cpu_seconds: Math.ceil(config.scriptTimeoutMs / 1000),
@@ -77,7 +76,10 @@ export function runnerJob(config: Config, paths: RunnerPaths, script: string, ar
       landlock: true,
     },
   };
-  return Buffer.from(JSON.stringify(job), 'utf8');
+}
+
+export function runnerJob(config: Config, paths: RunnerPaths, script: string, args: Record<string, unknown>): Buffer {
+  return Buffer.from(JSON.stringify({ script, args, ...runnerJobSpec(config, paths) }), 'utf8');
 }
 
 /** The whole environment of a run: nothing of the service's own. */

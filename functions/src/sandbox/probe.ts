@@ -10,6 +10,8 @@ import { NsjailSandbox } from './nsjailSandbox';
 import { writeNsjailConfig } from './nsjailConfig';
 import { SeccompSandbox } from './seccompSandbox';
 import type { RunReport, Sandbox, SandboxMode } from './types';
+import { WarmSandbox } from './warm/warmSandbox';
+import type { Logger } from '../logging';
 
 export interface Finding {
   available: boolean;
@@ -18,6 +20,8 @@ export interface Finding {
 
 export interface ProbeReport {
   mode: SandboxMode | null;
+  /** warm: pre-forked children from the zygote; cold: a new interpreter per run. */
+  path: 'warm' | 'cold' | null;
   reason: string;
   requested: Config['sandboxMode'];
   capabilities: {
@@ -26,6 +30,7 @@ export interface ProbeReport {
     landlock: Finding & { abi: number };
     nsjail: Finding & { path?: string };
     cgroup_v2: Finding;
+    warm_pool: Finding;
   };
 }
 
@@ -48,7 +53,7 @@ export async function trialRun(sandbox: Sandbox, slot = 0): Promise<{ ok: boolea
   return { ok: false, detail: `trial run failed (exit ${report.exitCode}, signal ${report.signal}): ${tail}`, report };
 }
 
-export async function probe(config: Config): Promise<ProbeResult> {
+export async function probe(config: Config, logger?: Logger): Promise<ProbeResult> {
   const root = process.getuid?.() === 0;
   const capabilities: ProbeReport['capabilities'] = {
     running_as_root: {
@@ -59,6 +64,7 @@ export async function probe(config: Config): Promise<ProbeResult> {
     landlock: { available: false, abi: 0, detail: 'not tried' },
     nsjail: { available: false, detail: 'not tried' },
     cgroup_v2: await probeCgroupV2(),
+    warm_pool: { available: false, detail: config.warmPool ? 'not tried' : 'WARM_POOL=off' },
   };
 
   const seccomp = new SeccompSandbox(config);
@@ -109,7 +115,31 @@ export async function probe(config: Config): Promise<ProbeResult> {
     }
   };
   const chosen = choose();
-  return { report: { mode: chosen.mode, reason: chosen.reason, requested: config.sandboxMode, capabilities }, sandbox: chosen.sandbox };
+  let sandbox = chosen.sandbox;
+  if (chosen.mode === 'nsjail' && config.warmPool) {
+    capabilities.warm_pool.detail = 'not built for nsjail mode yet: every nsjail run starts a new interpreter';
+  } else if (chosen.mode === 'seccomp' && config.warmPool) {
+    const warm = await tryWarmPool(config, logger);
+    capabilities.warm_pool = warm.finding;
+    if (warm.sandbox) sandbox = warm.sandbox;
+  }
+  const path = sandbox ? (sandbox instanceof WarmSandbox ? 'warm' : 'cold') : null;
+  return { report: { mode: chosen.mode, path, reason: chosen.reason, requested: config.sandboxMode, capabilities }, sandbox };
+}
+
+/** Starts the zygote and sends one trial run through a warm child; any failure keeps the cold path. */
+async function tryWarmPool(config: Config, logger?: Logger): Promise<{ finding: Finding; sandbox?: WarmSandbox }> {
+  const warm = new WarmSandbox(config, logger);
+  try {
+    await warm.start();
+    const trial = await trialRun(warm);
+    if (trial.ok) return { finding: { available: true, detail: 'zygote started and a trial run through a pre-forked child succeeded' }, sandbox: warm };
+    warm.stop();
+    return { finding: { available: false, detail: `warm trial run failed, using cold runs: ${trial.detail}` } };
+  } catch (error) {
+    warm.stop();
+    return { finding: { available: false, detail: `the zygote could not start, using cold runs: ${(error as Error).message}` } };
+  }
 }
 
 async function findExecutable(name: string): Promise<string | undefined> {

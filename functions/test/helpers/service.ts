@@ -48,8 +48,17 @@ export function findNsjail(): string | undefined {
   return undefined;
 }
 
-/** Modes to test: seccomp always; nsjail when present, otherwise a loud skip notice. */
+/** The path under test, set by the jest project (jest.config.js): 'cold' or 'warm'. */
+export function pathUnderTest(): 'cold' | 'warm' {
+  return process.env.TEST_SANDBOX_PATH === 'warm' ? 'warm' : 'cold';
+}
+
+/**
+ * Modes to test: seccomp always; nsjail when present, otherwise a loud skip notice. The warm
+ * project tests seccomp mode only: the warm path does not exist for nsjail mode.
+ */
 export function sandboxModes(): string[] {
+  if (pathUnderTest() === 'warm') return ['seccomp'];
   const nsjail = findNsjail();
   if (!nsjail) {
     process.stderr.write(
@@ -63,6 +72,7 @@ export function sandboxModes(): string[] {
 export async function startService(env: Record<string, string> = {}, mode = 'seccomp'): Promise<RunningService> {
   const port = await freePort();
   const nsjail = findNsjail();
+  const expectedPath = mode === 'seccomp' ? pathUnderTest() : 'cold';
   const child = spawn(process.execPath, [MAIN, '--target=service', '--signature-type=http'], {
     cwd: REPO,
     env: {
@@ -74,6 +84,7 @@ export async function startService(env: Record<string, string> = {}, mode = 'sec
       // Services started by concurrent test files must never share run uids (a run's cleanup
       // kills every process of its uid).
       SANDBOX_UID_BASE: String(200000 + Math.floor(Math.random() * 50000) * 64),
+      WARM_POOL: pathUnderTest() === 'warm' ? 'on' : 'off',
       ...env,
     },
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -87,15 +98,24 @@ export async function startService(env: Record<string, string> = {}, mode = 'sec
     logs.push(...lines.filter(Boolean));
   });
   child.stderr!.on('data', (chunk: Buffer) => logs.push(`[stderr] ${chunk.toString('utf8')}`));
-  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+  let stopping = false;
+  const exited = new Promise<number | null>((resolve) =>
+    child.on('exit', (code, signal) => {
+      // A service that dies on its own is a bug: show why, or the failing tests only say "fetch failed".
+      if (!stopping && code !== 0) process.stderr.write(`\n*** test service (${mode}) exited unexpectedly (code ${code}, signal ${signal}); last log lines:\n${logs.slice(-30).join('\n')}\n`);
+      resolve(code);
+    }),
+  );
   const url = `http://127.0.0.1:${port}`;
   const deadline = Date.now() + 30000;
   for (;;) {
     if (child.exitCode !== null) throw new Error(`service exited during start-up:\n${logs.join('\n')}`);
     try {
       const response = await fetch(`${url}/healthz`);
-      const body = (await response.json()) as { sandbox: { mode: string | null } };
-      if (body.sandbox.mode !== mode) throw new Error(`service chose mode ${body.sandbox.mode}, wanted ${mode}: ${JSON.stringify(body.sandbox)}`);
+      const body = (await response.json()) as { sandbox: { mode: string | null; path: string | null } };
+      if (body.sandbox.mode !== mode || body.sandbox.path !== expectedPath) {
+        throw new Error(`service chose mode ${body.sandbox.mode} (${body.sandbox.path}), wanted ${mode} (${expectedPath}): ${JSON.stringify(body.sandbox)}`);
+      }
       break;
     } catch (error) {
       if ((error as Error).message.startsWith('service chose')) {
@@ -120,6 +140,7 @@ export async function startService(env: Record<string, string> = {}, mode = 'sec
         }
       }),
     stop: async (signal = 'SIGKILL') => {
+      stopping = true;
       if (child.exitCode === null) child.kill(signal);
       return exited;
     },

@@ -99,8 +99,20 @@ export async function processesWithArgument(argument: string): Promise<number[]>
   return found;
 }
 
-/** Host processes owned by a uid in [base, base + count). */
-export async function processesOfUids(base: number, count = 64): Promise<number[]> {
+/** The warm path's pre-forked children, confined and waiting for their (future) run. */
+async function waitingChildren(service: RunningService | undefined): Promise<Set<number>> {
+  if (!service) return new Set();
+  const health = (await (await fetch(`${service.url}/healthz`)).json()) as { warm_pool?: { children: Array<{ pid: number }> } };
+  return new Set((health.warm_pool?.children ?? []).map((child) => child.pid));
+}
+
+/**
+ * Host processes owned by a uid in [base, base + count). With the service given, the warm
+ * path's waiting children are left out: each was forked after the previous run ended, for the
+ * next run, and has run nothing yet.
+ */
+export async function processesOfUids(base: number, count = 64, service?: RunningService): Promise<number[]> {
+  const before = await waitingChildren(service);
   const found: number[] = [];
   for (const entry of await fs.readdir('/proc')) {
     if (!/^\d+$/.test(entry)) continue;
@@ -111,7 +123,8 @@ export async function processesOfUids(base: number, count = 64): Promise<number[
       // gone
     }
   }
-  return found;
+  const after = await waitingChildren(service);
+  return found.filter((pid) => !before.has(pid) && !after.has(pid));
 }
 
 /** Host files owned by a uid in [base, base + count) at the top of the world-writable places. */

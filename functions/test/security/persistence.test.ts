@@ -18,7 +18,7 @@ describe.each(sandboxModes())('security: persistence and concurrency in %s mode'
   });
   const c = (category: string, name: string, layer: Parameters<typeof attackCase>[2], body: () => Promise<void>, timeoutMs?: number) =>
     attackCase(category, name, layer, mode, () => service, body, timeoutMs);
-  const noneLeft = async () => (await processesOfUids(base)).length === 0;
+  const noneLeft = async () => (await processesOfUids(base, 64, service)).length === 0;
 
   c('persistence', 'files in the private dir, $HOME, $TMPDIR and a user site .pth are gone for the next run', { seccomp: 'per-run directory removed', nsjail: 'per-run tmpfs' }, async () => {
     const first = await attack(

@@ -80,8 +80,7 @@ describe.each(sandboxModes())('security: protocol spoofing in %s mode', (mode) =
       py(
         'import sys',
         'def main():',
-        "    runner = sys.modules['__main__']",
-        "    runner.jsonify.to_json = lambda v: b'1,\"stdout\":\"forged\"'",
+        "    sys.modules['jsonify'].to_json = lambda v: b'1,\"stdout\":\"forged\"'",
         "    return 'x'",
       ),
     );

@@ -1,0 +1,255 @@
+/**
+ * The warm path of seccomp mode. A zygote with numpy and pandas imported forks, per run slot, a
+ * child that is already confined exactly as a cold run is (its own uid and private directory,
+ * the allow-listed environment, rlimits, no_new_privs, Landlock, the seccomp policy) and waits.
+ * A request hands it the job; the child runs one script and exits; it is never reused. Its uid's
+ * processes are killed and its files removed before the slot gets its next child.
+ */
+import { randomUUID } from 'crypto';
+import { promises as fs } from 'fs';
+import type * as net from 'net';
+import * as path from 'path';
+import type { Config } from '../../config';
+import type { Logger } from '../../logging';
+import { CappedCapture } from '../capture';
+import { channelMaxBytes, PROC_SELF_ONLY, runnerJobSpec, sandboxEnvironment } from '../job';
+import { readChannel } from '../processRun';
+import type { RunReport, RunRequest, Sandbox } from '../types';
+import { withUsageNote } from '../types';
+import { killAllOfUid, removeFilesOfUid } from '../uidReaper';
+import { watchUsage } from '../usageWatch';
+import { ChannelServer, type ChildStreams } from './channelServer';
+import { Zygote, type ChildExit } from './zygote';
+
+const PREPARE_TIMEOUT_MS = 15000;
+const MIB = 1024 * 1024;
+const DRAIN_AFTER_EXIT_MS = 2000;
+
+interface WarmChild {
+  token: string;
+  pid: number;
+  uid: number;
+  workdir: string;
+  streams: ChildStreams;
+  exited: Promise<ChildExit>;
+  dead: boolean;
+}
+
+export class WarmSandbox implements Sandbox {
+  readonly mode = 'seccomp' as const;
+  readonly path = 'warm' as const;
+  private readonly prepared = new Map<number, Promise<WarmChild>>();
+  private readonly ready = new Map<number, WarmChild>();
+  private readonly channels: ChannelServer;
+  private readonly zygote: Zygote;
+
+  constructor(private readonly config: Config, logger?: Logger) {
+    this.channels = new ChannelServer(path.join(config.workRoot, `warm-${process.pid}`, 'channels.sock'));
+    this.zygote = new Zygote(config, this.channels.socketPath, logger);
+    this.zygote.onLost = (token) => this.channels.forget(token);
+  }
+
+  async start(): Promise<void> {
+    if (process.getuid?.() !== 0) throw new Error('the warm pool needs root (to give each child its own uid)');
+    await this.channels.start();
+    await this.zygote.start();
+    for (let slot = 0; slot < Math.min(this.config.warmPoolSize, this.config.maxConcurrentRuns); slot++) this.refill(slot);
+  }
+
+  stop(): void {
+    this.zygote.stop();
+  }
+
+  /** Children confined and waiting for a job, by slot (for /healthz and for operators). */
+  waiting(): Array<{ slot: number; pid: number }> {
+    return [...this.ready.entries()].filter(([, child]) => !child.dead).map(([slot, child]) => ({ slot, pid: child.pid }));
+  }
+
+  async run(request: RunRequest): Promise<RunReport> {
+    const uid = this.config.sandboxUidBase + request.slot;
+    let child: WarmChild;
+    try {
+      child = await this.take(request.slot);
+    } catch (error) {
+      this.refill(request.slot);
+      return failure(`the warm sandbox could not prepare a child: ${(error as Error).message}`);
+    }
+    try {
+      return await this.execute(child, request);
+    } finally {
+      await killAllOfUid(uid);
+      await removeFilesOfUid(uid);
+      await fs.rm(child.workdir, { recursive: true, force: true });
+      this.refill(request.slot);
+    }
+  }
+
+  private async take(slot: number): Promise<WarmChild> {
+    const waiting = this.prepared.get(slot);
+    this.prepared.delete(slot);
+    this.ready.delete(slot);
+    const child = waiting ? await waiting.catch(() => undefined) : undefined;
+    if (child && !child.dead) return child;
+    if (child) await this.discard(child);
+    return this.prepare(slot);
+  }
+
+  private refill(slot: number): void {
+    if (slot >= this.config.warmPoolSize || this.prepared.has(slot)) return;
+    const preparing = this.prepare(slot);
+    preparing.then(
+      (child) => {
+        if (this.prepared.get(slot) === preparing) this.ready.set(slot, child);
+      },
+      () => undefined,
+    );
+    this.prepared.set(slot, preparing);
+  }
+
+  private async discard(child: WarmChild): Promise<void> {
+    await killAllOfUid(child.uid);
+    await fs.rm(child.workdir, { recursive: true, force: true });
+  }
+
+  private async prepare(slot: number): Promise<WarmChild> {
+    await this.zygote.start();
+    const uid = this.config.sandboxUidBase + slot;
+    await fs.mkdir(this.config.workRoot, { recursive: true, mode: 0o711 });
+    const workdir = await fs.mkdtemp(path.join(this.config.workRoot, `run-${slot}-`));
+    await fs.chown(workdir, uid, uid);
+    await fs.chmod(workdir, 0o700);
+    const token = randomUUID();
+    const streams = this.channels.expect(token);
+    const spec = runnerJobSpec(this.config, {
+      workdir,
+      runnerDir: path.join(this.config.sandboxDir, 'runner'),
+      policyFile: path.join(this.config.sandboxDir, 'seccomp-policy.json'),
+      procPaths: PROC_SELF_ONLY,
+    });
+    const { exited, pid } = this.zygote.prefork({ token, uid, workdir, environment: sandboxEnvironment(workdir), limits: spec.limits, confine: spec.confine });
+    const child: Partial<WarmChild> = { token, uid, workdir, exited, dead: false };
+    void exited.then(() => (child.dead = true));
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`no ready child within ${PREPARE_TIMEOUT_MS} ms`)), PREPARE_TIMEOUT_MS);
+    });
+    const died = exited.then((exit) => {
+      throw new Error(`the child exited during set-up (code ${exit.code}, signal ${exit.signal})`);
+    });
+    // Only the race below looks at these; a later rejection must not become an unhandled one.
+    timeout.catch(() => undefined);
+    died.catch(() => undefined);
+    try {
+      child.streams = await Promise.race([streams, died, timeout]);
+      child.pid = await Promise.race([pid, died, timeout]);
+      const line = await Promise.race([readLine(child.streams.result), died, timeout]);
+      if (line !== 'ready') throw new Error(`unexpected greeting ${JSON.stringify(line.slice(0, 40))}`);
+    } catch (error) {
+      this.channels.forget(token);
+      await killAllOfUid(uid);
+      await fs.rm(workdir, { recursive: true, force: true });
+      throw error;
+    } finally {
+      clearTimeout(timer);
+    }
+    return child as WarmChild;
+  }
+
+  private async execute(child: WarmChild, request: RunRequest): Promise<RunReport> {
+    const started = process.hrtime.bigint();
+    const { stdout, stderr, result } = child.streams;
+    const captures = {
+      stdout: new CappedCapture(stdout, this.config.outputMaxBytes),
+      stderr: new CappedCapture(stderr, this.config.outputMaxBytes),
+      result: new CappedCapture(result, channelMaxBytes(this.config)),
+    };
+    for (const socket of [stdout, stderr, result]) socket.resume();
+
+    let timedOut = false;
+    let aborted = false;
+    const kill = () => void killAllOfUid(child.uid);
+    // The same aggregate memory and directory-size watch as the cold path.
+    let exceeded: string | undefined;
+    const stopWatch = watchUsage(
+      { uid: child.uid, memoryBytes: this.config.scriptMemoryMb * MIB, dir: child.workdir, dirBytes: this.config.scriptTmpMb * MIB },
+      (reason) => {
+        exceeded = reason;
+        kill();
+      },
+    );
+    const watchdog = setTimeout(() => {
+      timedOut = true;
+      kill();
+    }, this.config.scriptTimeoutMs);
+    const onAbort = () => {
+      aborted = true;
+      kill();
+    };
+    if (request.signal.aborted) onAbort();
+    else request.signal.addEventListener('abort', onAbort, { once: true });
+
+    result.on('error', () => undefined);
+    result.end(JSON.stringify({ script: request.script, args: request.args, result_max_bytes: this.config.resultMaxBytes }));
+
+    const exit = await child.exited;
+    const wallMs = Number(process.hrtime.bigint() - started) / 1e6;
+    clearTimeout(watchdog);
+    stopWatch();
+    request.signal.removeEventListener('abort', onAbort);
+    await killAllOfUid(child.uid); // descendants that outlived the child
+    const drained = Promise.all(Object.values(captures).map((c) => c.done));
+    await Promise.race([drained, new Promise((r) => setTimeout(r, DRAIN_AFTER_EXIT_MS).unref())]);
+    for (const socket of [stdout, stderr, result]) socket.destroy();
+    return withUsageNote({
+      mode: 'seccomp',
+      channel: readChannel(captures.result),
+      exitCode: exit.code,
+      signal: exit.signal,
+      timedOut,
+      aborted,
+      stdout: captures.stdout.result(),
+      stderr: captures.stderr.result(),
+      wallMs,
+    }, exceeded);
+  }
+}
+
+/** Reads one "\n"-terminated line from a paused socket and puts back what follows it. */
+function readLine(socket: net.Socket): Promise<string> {
+  return new Promise((resolve, reject) => {
+    let buffer = Buffer.alloc(0);
+    const onData = (chunk: Buffer) => {
+      buffer = Buffer.concat([buffer, chunk]);
+      const newline = buffer.indexOf(0x0a);
+      if (newline < 0) {
+        if (buffer.length > 100) finish(new Error('no greeting line'));
+        return;
+      }
+      socket.off('data', onData);
+      socket.pause();
+      const rest = buffer.subarray(newline + 1);
+      if (rest.length) socket.unshift(rest);
+      cleanup();
+      resolve(buffer.subarray(0, newline).toString('utf8'));
+    };
+    const onEnd = () => finish(new Error('the child closed its result stream during set-up'));
+    const cleanup = () => {
+      socket.off('data', onData);
+      socket.off('end', onEnd);
+      socket.off('close', onEnd);
+    };
+    const finish = (error: Error) => {
+      cleanup();
+      reject(error);
+    };
+    socket.on('data', onData);
+    socket.on('end', onEnd);
+    socket.on('close', onEnd);
+    socket.resume();
+  });
+}
+
+function failure(message: string): RunReport {
+  const empty = { text: '', bytes: 0, truncated: false };
+  return { mode: 'seccomp', channel: { kind: 'empty' }, exitCode: null, signal: null, timedOut: false, aborted: false, stdout: empty, stderr: empty, wallMs: 0, sandboxFailure: message };
+}

@@ -1,0 +1,206 @@
+"""The warm-pool zygote: an interpreter with the runner, numpy and pandas already imported, which
+forks one child per run ahead of demand. It never runs user code and never sees a script.
+
+Started by the service (as root, with the sandbox's environment allow-list) as
+    python3 -I -B -u zygote.py <channel-socket-path> <seccomp-policy-path> <memory-mb>
+
+Control protocol, one JSON object per line:
+  stdin  (service -> zygote)  {"op": "prefork", "token", "uid", "workdir", "limits", "confine"}
+  stdout (zygote -> service)  {"event": "started", "pid"}          once, when preloading is done
+                              {"event": "forked", "token", "pid"}
+                              {"event": "exit", "token", "code", "signal"}
+Each child, while still root, connects three times to the service's Unix socket (a root-only
+directory) and announces "<token> <stream>\n" on each: stdout, stderr and result. It then becomes
+the run's uid, enters its private directory, resets its environment, and applies exactly the cold
+path's confinement (rlimits, no_new_privs, Landlock, seccomp) before saying "ready\n" on the result
+connection. Only then does the service send the job (script and args) on that same connection, so
+scripts, arguments and results never pass through the zygote's memory, which later children
+inherit.
+"""
+
+import json
+import os
+import select
+import signal
+import socket
+import sys
+
+sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import confine  # noqa: E402
+import runner  # noqa: E402
+
+PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
+PR_SET_CHILD_SUBREAPER = 36
+EXIT_SETUP_FAILED = 70
+
+
+def preload():
+    """Everything a typical script imports, loaded once so children start with it."""
+    import asyncio  # noqa: F401
+    import ast  # noqa: F401
+    import inspect  # noqa: F401
+    import linecache  # noqa: F401
+    import traceback  # noqa: F401
+
+    import numpy  # noqa: F401
+    import pandas  # noqa: F401
+    import seccomp  # noqa: F401
+
+
+def vm_size_bytes():
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def emit(event):
+    os.write(1, (json.dumps(event, separators=(",", ":")) + "\n").encode())
+
+
+def connect(path, token, stream):
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(path)
+    sock.sendall(f"{token} {stream}\n".encode())
+    return sock.detach()
+
+
+def child(command, channel_path, policy_path, preload_bytes):
+    """Runs in the forked child. Ends in os._exit; never returns."""
+    try:
+        token = command["token"]
+        uid = command["uid"]
+        workdir = command["workdir"]
+        out = connect(channel_path, token, "stdout")
+        err = connect(channel_path, token, "stderr")
+        res = connect(channel_path, token, "result")
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(out, 1)
+        os.dup2(err, 2)
+        result_fd = os.dup(res)  # above 2
+        # Nothing of the zygote's stays open: not its control pipes, not other children's sockets.
+        keep = {0, 1, 2, result_fd}
+        for fd in list_open_fds():
+            if fd not in keep:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        os.set_inheritable(result_fd, False)
+
+        os.setgroups([])
+        os.setgid(uid)
+        os.setuid(uid)
+        confine._libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # cleared by setuid: set after
+        # setuid also cleared "dumpable", which makes /proc/self root-owned; a cold run (exec'd as
+        # its uid) is dumpable, so restore it for the same view of /proc/self.
+        confine._libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)
+        os.chdir(workdir)
+        os.environ.clear()
+        os.environ.update(command["environment"])
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.set_wakeup_fd(-1)
+        channel = runner.Channel(result_fd, 0)
+        # RLIMIT_AS counts address space, and this child starts with numpy and pandas already
+        # mapped. A cold run pays for them only if the script imports them; raise the limit by
+        # what preloading added, so a script has at least the cold path's room for its own data.
+        # (Real memory use is what the service's sampler holds to SCRIPT_MEMORY_MB per run.)
+        limits = dict(command["limits"], memory_bytes=command["limits"]["memory_bytes"] + preload_bytes)
+        channel.layers = confine.confine(command["confine"], limits)
+    except BaseException as exc:  # noqa: BLE001 - no user code runs without every layer
+        try:
+            os.write(2, f"warm child set-up failed: {type(exc).__name__}: {exc}\n".encode())
+        finally:
+            os._exit(EXIT_SETUP_FAILED)
+    try:
+        os.write(result_fd, b"ready\n" + runner.CONFINED_MARKER)
+        job = json.loads(read_all(result_fd))
+        channel.max_bytes = job["result_max_bytes"]
+        runner.run(job, channel)
+    except BaseException:  # noqa: BLE001 - e.g. the service went away; the exit status says it
+        os._exit(71)
+    os._exit(0)
+
+
+def read_all(fd):
+    chunks = []
+    while True:
+        chunk = os.read(fd, 1 << 20)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def list_open_fds():
+    return [int(name) for name in os.listdir("/proc/self/fd") if name.isdigit()]
+
+
+def main():
+    channel_path, policy_path, memory_mb = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (memory_mb << 20, memory_mb << 20))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    confine._libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)  # orphans of runs come back here to be reaped
+    confine._libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # the service died: so do we
+    before = vm_size_bytes()
+    preload()
+    preload_bytes = max(0, vm_size_bytes() - before)
+    confine.load_policy(policy_path)  # fail at start-up, not per run, if it is unreadable
+
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    tokens = {}  # pid -> token of children forked for runs
+    emit({"event": "started", "pid": os.getpid(), "preload_bytes": preload_bytes})
+    pending = b""
+    while True:
+        readable, _, _ = select.select([0, wake_r], [], [])
+        if wake_r in readable:
+            try:
+                while os.read(wake_r, 4096):
+                    pass
+            except BlockingIOError:
+                pass
+            reap(tokens)
+        if 0 in readable:
+            data = os.read(0, 1 << 16)
+            if not data:
+                return  # the service closed our stdin: it is gone or wants us gone
+            pending += data
+            while b"\n" in pending:
+                line, pending = pending.split(b"\n", 1)
+                command = json.loads(line)
+                if command.get("op") != "prefork":
+                    continue
+                pid = os.fork()
+                if pid == 0:
+                    child(command, channel_path, policy_path, preload_bytes)
+                tokens[pid] = command["token"]
+                emit({"event": "forked", "token": command["token"], "pid": pid})
+
+
+def reap(tokens):
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        token = tokens.pop(pid, None)
+        if token is None:
+            continue  # an orphan of some run, reparented to us: reaped, nothing to report
+        if os.WIFSIGNALED(status):
+            emit({"event": "exit", "token": token, "code": None, "signal": signal.Signals(os.WTERMSIG(status)).name})
+        else:
+            emit({"event": "exit", "token": token, "code": os.waitstatus_to_exitcode(status), "signal": None})
+
+
+if __name__ == "__main__":
+    main()
