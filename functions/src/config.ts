@@ -58,7 +58,7 @@ export const SETTINGS: Setting[] = [
   { env: 'SANDBOX_DIR', default: '<repo>/sandbox-image', description: 'Holds `runner/`, `nsjail/python.cfg` and `seccomp-policy.json` (the image uses /opt/sandbox).' },
   { env: 'SANDBOX_WORK_ROOT', default: '<os tmpdir>/pyexec-runs', description: 'Seccomp mode: parent of the per-run private directories (created 0711, root-owned).' },
   { env: 'SCRIPT_TIMEOUT_MS', default: '10000', description: 'Wall-clock limit of one run (queue time not included). CPU time is limited to the same number of seconds, rounded up.' },
-  { env: 'SCRIPT_MEMORY_MB', default: '512', description: 'Memory of a run: RLIMIT_AS of each of its processes, and the sum over all of them (the service's sampler, or the cgroup limit when nsjail can use cgroup v2); over it is `memory_limit`.' },
+  { env: 'SCRIPT_MEMORY_MB', default: '512', description: "Memory of a run: RLIMIT_AS of each of its processes, and the sum over all of them (the service's sampler, or the cgroup limit when nsjail can use cgroup v2); over it is `memory_limit`." },
   { env: 'SCRIPT_MAX_PROCESSES', default: '32', description: 'Processes and threads a run may have at once (RLIMIT_NPROC for its own uid).' },
   { env: 'SCRIPT_MAX_OPEN_FILES', default: '256', description: 'Open file descriptors per process (RLIMIT_NOFILE).' },
   { env: 'SCRIPT_MAX_FILE_MB', default: '16', description: 'Largest file a run may write (RLIMIT_FSIZE).' },
