@@ -56,6 +56,12 @@ export function interpret(report: RunReport, context: RunContext): Outcome {
     }
     return fail(type, text, details);
   }
+  if (report.exceeded?.kind === 'memory') {
+    return fail('memory_limit', report.exceeded.message, { signal: report.signal ?? 'SIGKILL' });
+  }
+  if (report.exceeded?.kind === 'disk') {
+    return fail('killed', report.exceeded.message, { signal: report.signal ?? 'SIGKILL' });
+  }
   if (report.timedOut) {
     return fail('timeout', `the script did not finish within its time limit of ${context.timeoutMs} ms`);
   }

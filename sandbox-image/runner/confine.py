@@ -124,6 +124,55 @@ def load_policy(policy_path):
 
 def apply_seccomp(policy):
     """Installs the policy. Returns the number of rules; raises ConfinementError if it cannot."""
+    flt, rules = build_seccomp(policy)
+    try:
+        flt.load()
+    except Exception as exc:  # noqa: BLE001 - any failure means no filter: refuse to run
+        raise ConfinementError(f"loading the seccomp filter failed: {exc}") from None
+    return rules
+
+
+class _SockFilter(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_uint16), ("filter", ctypes.POINTER(_SockFilter))]
+
+
+PR_SET_SECCOMP = 22
+SECCOMP_MODE_FILTER = 2
+
+
+def compile_seccomp(policy):
+    """The policy as the kernel's BPF program, built once (the warm path's zygote) and loaded by
+    many (load_seccomp_bpf): the same rules as apply_seccomp, without rebuilding them per run."""
+    flt, rules = build_seccomp(policy)
+    read_fd, write_fd = os.pipe()
+    try:
+        with os.fdopen(write_fd, "wb", closefd=True) as sink:
+            flt.export_bpf(sink)
+        chunks = []
+        while chunk := os.read(read_fd, 1 << 16):
+            chunks.append(chunk)
+    finally:
+        os.close(read_fd)
+    return b"".join(chunks), rules
+
+
+def load_seccomp_bpf(program):
+    """Installs a program from compile_seccomp. Needs no_new_privs (set before)."""
+    count = len(program) // ctypes.sizeof(_SockFilter)
+    if count == 0 or len(program) % ctypes.sizeof(_SockFilter):
+        raise ConfinementError("the compiled seccomp program is malformed")
+    buffer = (_SockFilter * count).from_buffer_copy(program)
+    fprog = _SockFprog(len=count, filter=ctypes.cast(buffer, ctypes.POINTER(_SockFilter)))
+    if _libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0) != 0:
+        raise ConfinementError(f"prctl(PR_SET_SECCOMP) failed: {os.strerror(ctypes.get_errno())}")
+
+
+def build_seccomp(policy):
+    """The libseccomp filter of the policy and its number of rules."""
     try:
         import seccomp
     except ImportError as exc:
@@ -171,12 +220,7 @@ def apply_seccomp(policy):
     for name in persona["deny_flags"]:
         flag = PERSONALITY_FLAGS[name]
         add(deny(persona["errno"]), "personality", seccomp.Arg(0, seccomp.MASKED_EQ, flag, flag))
-
-    try:
-        flt.load()
-    except Exception as exc:  # noqa: BLE001 - any failure means no filter: refuse to run
-        raise ConfinementError(f"loading the seccomp filter failed: {exc}") from None
-    return rules
+    return flt, rules
 
 
 def syscall_unknown(seccomp, name):
@@ -214,9 +258,10 @@ def interpreter_paths():
     return sorted(paths)
 
 
-def confine(spec, limits):
-    """Applies every layer in spec; returns a dict of what is active, for the probe's report."""
-    policy = load_policy(spec["seccomp_policy"])  # read before Landlock hides the file
+def confine(spec, limits, compiled=None):
+    """Applies every layer in spec; returns a dict of what is active, for the probe's report.
+    compiled: (program, rules) from compile_seccomp, to load instead of building the filter."""
+    policy = None if compiled else load_policy(spec["seccomp_policy"])  # read before Landlock hides it
     import seccomp  # noqa: F401 - likewise, import while its module file is still readable
     import socket  # noqa: F401
 
@@ -227,5 +272,9 @@ def confine(spec, limits):
         abi = apply_landlock(spec["read_paths"] + interpreter_paths(), spec["write_paths"])
         if abi == 0 and spec.get("landlock") == "required":
             raise ConfinementError("Landlock is required but this kernel does not offer it")
-    rules = apply_seccomp(policy)
+    if compiled:
+        load_seccomp_bpf(compiled[0])
+        rules = compiled[1]
+    else:
+        rules = apply_seccomp(policy)
     return {"landlock_abi": abi, "seccomp_rules": rules, "no_new_privs": True}

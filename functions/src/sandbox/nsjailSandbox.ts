@@ -7,7 +7,7 @@ import { channelMaxBytes, runnerArgv, runnerJob } from './job';
 import { JAIL_POLICY_FILE, JAIL_RUNNER_DIR, JAIL_WORKDIR } from './nsjailConfig';
 import { runProcess } from './processRun';
 import type { RunReport, RunRequest, Sandbox } from './types';
-import { withUsageNote } from './types';
+import { withUsageNote, type LimitExceeded } from './types';
 import { killAllOfUid } from './uidReaper';
 import { watchUsage } from './usageWatch';
 
@@ -43,7 +43,7 @@ export class NsjailSandbox implements Sandbox {
       '--', ...runnerArgv(this.config.sandboxPython, JAIL_RUNNER_DIR),
     ];
     // Aggregate memory of the jail's processes (outside uid), also where cgroup v2 is missing.
-    let exceeded: string | undefined;
+    let exceeded: LimitExceeded | undefined;
     let nsjailPid: number | undefined;
     const stopWatch = this.isRoot
       ? watchUsage({ uid: outsideId, memoryBytes: this.config.scriptMemoryMb * 1024 * 1024 }, (reason) => {

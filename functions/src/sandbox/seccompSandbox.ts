@@ -11,7 +11,7 @@ import { channelMaxBytes, PROC_SELF_ONLY, runnerArgv, runnerJob, sandboxEnvironm
 import { runProcess, type ProcessResult } from './processRun';
 import type { RunReport, RunRequest, Sandbox } from './types';
 import { killAllOfUid, removeFilesOfUid } from './uidReaper';
-import { withUsageNote } from './types';
+import { withUsageNote, type LimitExceeded } from './types';
 import { watchUsage } from './usageWatch';
 
 const MIB = 1024 * 1024;
@@ -26,7 +26,7 @@ export class SeccompSandbox implements Sandbox {
     const uid = this.isRoot ? this.config.sandboxUidBase + request.slot : undefined;
     const workdir = await this.makeWorkdir(request.slot, uid);
     // Aggregate memory of the run and the size of its directory (no tmpfs cap in this mode).
-    let exceeded: string | undefined;
+    let exceeded: LimitExceeded | undefined;
     const stopWatch =
       uid !== undefined
         ? watchUsage({ uid, memoryBytes: this.config.scriptMemoryMb * MIB, dir: workdir, dirBytes: this.config.scriptTmpMb * MIB }, (reason) => {

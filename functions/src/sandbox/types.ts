@@ -38,6 +38,8 @@ export interface RunReport {
   wallMs: number;
   /** Set when the sandbox itself failed (could not start); no user code result is available. */
   sandboxFailure?: string;
+  /** Set when the service killed the run for exceeding an aggregate limit. */
+  exceeded?: LimitExceeded;
 }
 
 export interface Sandbox {
@@ -45,12 +47,12 @@ export interface Sandbox {
   run(request: RunRequest): Promise<RunReport>;
 }
 
-/**
- * A run killed by the service's usage sampler (usageWatch.ts) says why on its stderr, after
- * whatever the script wrote: the answer then names the limit (memory_limit for memory).
- */
-export function withUsageNote(report: RunReport, note: string | undefined): RunReport {
-  if (!note) return report;
-  const text = `${report.stderr.text}${report.stderr.text && !report.stderr.text.endsWith('\n') ? '\n' : ''}${note}\n`;
-  return { ...report, stderr: { ...report.stderr, text }, signal: report.signal ?? 'SIGKILL' };
+/** A run the service's usage sampler (usageWatch.ts) killed, and why. */
+export interface LimitExceeded {
+  kind: 'memory' | 'disk';
+  message: string;
+}
+
+export function withUsageNote(report: RunReport, exceeded: LimitExceeded | undefined): RunReport {
+  return exceeded ? { ...report, exceeded, signal: report.signal ?? 'SIGKILL' } : report;
 }

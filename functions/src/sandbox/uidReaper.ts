@@ -4,7 +4,7 @@
  * however it daemonized (double fork, setsid).
  */
 import { spawn } from 'child_process';
-import { promises as fs, lstatSync, readdirSync, statSync } from 'fs';
+import { promises as fs, lstatSync, readdirSync, readFileSync, statSync } from 'fs';
 import * as path from 'path';
 
 const WORLD_WRITABLE = ['/tmp', '/var/tmp', '/dev/shm'];
@@ -14,12 +14,14 @@ const WORLD_WRITABLE = ['/tmp', '/var/tmp', '/dev/shm'];
  * processes, and one blocking scan (well under a millisecond) is cheaper than a thread-pool round
  * trip per entry, on the path of every response.
  */
-export async function processesOfUid(uid: number): Promise<number[]> {
+export async function processesOfUid(uid: number, options: { ignoreExiting?: boolean } = {}): Promise<number[]> {
   const pids: number[] = [];
   for (const entry of readdirSync('/proc')) {
     if (!/^\d+$/.test(entry)) continue;
     try {
-      if (statSync(`/proc/${entry}`).uid === uid) pids.push(Number(entry));
+      if (statSync(`/proc/${entry}`).uid !== uid) continue;
+      if (options.ignoreExiting && isExiting(entry)) continue;
+      pids.push(Number(entry));
     } catch {
       // exited while we looked
     }
@@ -27,18 +29,29 @@ export async function processesOfUid(uid: number): Promise<number[]> {
   return pids;
 }
 
-/** kill(-1, SIGKILL) as the uid (the kernel's own "all processes I may signal"), until none is left. */
-export async function killAllOfUid(uid: number): Promise<void> {
-  // The common case, a run that left nothing behind, costs one scan and no process spawn.
-  if ((await processesOfUid(uid)).length === 0) return;
+/** PF_EXITING in /proc/<pid>/stat's flags (field 9), or a zombie: it will run no more code. */
+const PF_EXITING = 0x4;
+function isExiting(pid: string): boolean {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return fields[0] === 'Z' || fields[0] === 'X' || (Number(fields[6]) & PF_EXITING) !== 0;
+}
+
+/** True when no process of the uid is left that could still run code. */
+export async function onlyExitingLeft(uid: number): Promise<boolean> {
+  return (await processesOfUid(uid, { ignoreExiting: true })).length === 0;
+}
+
+/**
+ * SIGKILL to every process of the uid, until none is left. First directly, by pid (no process
+ * to spawn: this sits on the answer's path); if processes keep appearing (a fork bomb racing
+ * the scan), kill(-1, SIGKILL) run as the uid, which the kernel applies to all of them at once.
+ */
+export async function killAllOfUid(uid: number, options: { ignoreExiting?: boolean } = {}): Promise<void> {
   for (let attempt = 0; attempt < 20; attempt++) {
-    await new Promise<void>((resolve) => {
-      const killer = spawn('/bin/kill', ['-KILL', '-1'], { uid, gid: uid, stdio: 'ignore', env: {} });
-      killer.on('error', () => resolve());
-      killer.on('close', () => resolve());
-    });
-    const left = await processesOfUid(uid);
+    const left = await processesOfUid(uid, options);
     if (left.length === 0) return;
+    if (attempt >= 2) await killAsUid(uid);
     for (const pid of left) {
       try {
         process.kill(pid, 'SIGKILL');
@@ -46,8 +59,16 @@ export async function killAllOfUid(uid: number): Promise<void> {
         // already gone
       }
     }
-    await new Promise((resolve) => setTimeout(resolve, 5 * attempt));
+    if (attempt > 0) await new Promise((resolve) => setTimeout(resolve, 2 * attempt));
   }
+}
+
+function killAsUid(uid: number): Promise<void> {
+  return new Promise<void>((resolve) => {
+    const killer = spawn('/bin/kill', ['-KILL', '-1'], { uid, gid: uid, stdio: 'ignore', env: {} });
+    killer.on('error', () => resolve());
+    killer.on('close', () => resolve());
+  });
 }
 
 /** Deletes entries the uid created at the top of /tmp, /var/tmp and /dev/shm. */

@@ -11,6 +11,7 @@
  */
 import { promises as fs } from 'fs';
 import * as path from 'path';
+import type { LimitExceeded } from './types';
 
 export const TICK_MS = 100;
 const PAGE = 4096;
@@ -28,7 +29,7 @@ export interface UsageLimits {
 
 interface Watch {
   limits: UsageLimits;
-  onExceeded: (reason: string) => void;
+  onExceeded: (reason: LimitExceeded) => void;
   fired: boolean;
 }
 
@@ -37,7 +38,7 @@ let timer: NodeJS.Timeout | undefined;
 let busy = false;
 
 /** Starts watching a run; returns the function that stops it. */
-export function watchUsage(limits: UsageLimits, onExceeded: (reason: string) => void): () => void {
+export function watchUsage(limits: UsageLimits, onExceeded: (reason: LimitExceeded) => void): () => void {
   const watch: Watch = { limits, onExceeded, fired: false };
   watches.add(watch);
   if (!timer) {
@@ -70,19 +71,19 @@ async function tick(): Promise<void> {
 
 async function check(watch: Watch, pids: number[]): Promise<void> {
   const { limits } = watch;
-  const fire = (reason: string) => {
+  const fire = (reason: LimitExceeded) => {
     if (watch.fired || !watches.has(watch)) return;
     watch.fired = true;
     watch.onExceeded(reason);
   };
   if (pids.length > 0 && (await anonymousBytes(pids)) > limits.memoryBytes && (await pssBytes(pids)) > limits.memoryBytes) {
-    fire(`sandbox: the run's processes together used more than its memory limit of ${limits.memoryBytes >> 20} MiB (out of memory); all were killed`);
+    fire({ kind: 'memory', message: `the run's processes together used more than its memory limit of ${limits.memoryBytes >> 20} MiB; all were killed` });
     return;
   }
   if (limits.dir && limits.dirBytes !== undefined) {
     const usage = await directoryUsage(limits.dir);
-    if (usage.entries > MAX_DIR_ENTRIES) fire(`sandbox: the run created more than ${MAX_DIR_ENTRIES} files; all its processes were killed`);
-    else if (usage.bytes > limits.dirBytes) fire(`sandbox: the run's files took more than ${limits.dirBytes >> 20} MiB; all its processes were killed`);
+    if (usage.entries > MAX_DIR_ENTRIES) fire({ kind: 'disk', message: `the run created more than ${MAX_DIR_ENTRIES} files; all its processes were killed` });
+    else if (usage.bytes > limits.dirBytes) fire({ kind: 'disk', message: `the run's files took more than ${limits.dirBytes >> 20} MiB; all its processes were killed` });
   }
 }
 

@@ -104,7 +104,7 @@ describe.each(sandboxModes())('security: resource exhaustion in %s mode', (mode)
       expect(answer.body.result.mb).toBeLessThanOrEqual(64);
     } else {
       expect(answer.body.error.type).toBe('killed');
-      expect(answer.body.stderr).toContain("run's files took more than 64 MiB");
+      expect(answer.body.error.message).toContain("run's files took more than 64 MiB");
     }
   });
 
@@ -118,7 +118,7 @@ describe.each(sandboxModes())('security: resource exhaustion in %s mode', (mode)
     const answer = await attack(service, py('import os', 'def main():', '    n = 0', '    try:', '        while True:', "            open(f'f{n}', 'w').close()", '            n += 1', '    except OSError:', '        return n'));
     // Stopped at the cap, or (on a slow host) by the time limit before reaching it.
     if (answer.status === 200) expect(answer.body.result).toBeLessThanOrEqual(10000);
-    else if (answer.body.error.type === 'killed') expect(answer.body.stderr).toContain('more than 10000 files');
+    else if (answer.body.error.type === 'killed') expect(answer.body.error.message).toContain('more than 10000 files');
     else expect(answer.body.error.type).toBe('timeout');
   });
 

@@ -15,8 +15,8 @@ import { CappedCapture } from '../capture';
 import { channelMaxBytes, PROC_SELF_ONLY, runnerJobSpec, sandboxEnvironment } from '../job';
 import { readChannel } from '../processRun';
 import type { RunReport, RunRequest, Sandbox } from '../types';
-import { withUsageNote } from '../types';
-import { killAllOfUid, removeFilesOfUid } from '../uidReaper';
+import { withUsageNote, type LimitExceeded } from '../types';
+import { killAllOfUid, onlyExitingLeft, removeFilesOfUid } from '../uidReaper';
 import { watchUsage } from '../usageWatch';
 import { ChannelServer, type ChildStreams } from './channelServer';
 import { Zygote, type ChildExit } from './zygote';
@@ -77,10 +77,14 @@ export class WarmSandbox implements Sandbox {
     try {
       return await this.execute(child, request);
     } finally {
-      await killAllOfUid(uid);
-      await removeFilesOfUid(uid);
-      await fs.rm(child.workdir, { recursive: true, force: true });
-      this.refill(request.slot);
+      // After the answer: what is left is files, and the slot's next child waits for them to go.
+      const cleaned = (async () => {
+        await child.exited; // the zygote reaped it (its address space is gone)
+        await killAllOfUid(uid);
+        await removeFilesOfUid(uid);
+        await fs.rm(child.workdir, { recursive: true, force: true });
+      })();
+      this.refill(request.slot, cleaned);
     }
   }
 
@@ -94,9 +98,16 @@ export class WarmSandbox implements Sandbox {
     return this.prepare(slot);
   }
 
-  private refill(slot: number): void {
-    if (slot >= this.config.warmPoolSize || this.prepared.has(slot)) return;
-    const preparing = this.prepare(slot);
+  private refill(slot: number, after: Promise<unknown> = Promise.resolve()): void {
+    if (this.prepared.has(slot)) return;
+    if (slot >= this.config.warmPoolSize) {
+      // No waiting child for this slot, but its next run must still wait for this cleanup.
+      const cleaned = after.then(() => Promise.reject(new Error('no waiting child for this slot')));
+      cleaned.catch(() => undefined);
+      this.prepared.set(slot, cleaned);
+      return;
+    }
+    const preparing = after.catch(() => undefined).then(() => this.prepare(slot));
     preparing.then(
       (child) => {
         if (this.prepared.get(slot) === preparing) this.ready.set(slot, child);
@@ -169,7 +180,7 @@ export class WarmSandbox implements Sandbox {
     let aborted = false;
     const kill = () => void killAllOfUid(child.uid);
     // The same aggregate memory and directory-size watch as the cold path.
-    let exceeded: string | undefined;
+    let exceeded: LimitExceeded | undefined;
     const stopWatch = watchUsage(
       { uid: child.uid, memoryBytes: this.config.scriptMemoryMb * MIB, dir: child.workdir, dirBytes: this.config.scriptTmpMb * MIB },
       (reason) => {
@@ -191,14 +202,21 @@ export class WarmSandbox implements Sandbox {
     result.on('error', () => undefined);
     result.end(JSON.stringify({ script: request.script, args: request.args, result_max_bytes: this.config.resultMaxBytes }));
 
-    const exit = await child.exited;
+    // The run is over when the child has exited, or (sooner) when all three streams are closed,
+    // a message arrived, and every process of the uid is dead or already exiting.
+    const closed = Promise.all(Object.values(captures).map((c) => c.done));
+    const first = await Promise.race([child.exited.then((exit) => ({ exit })), closed.then(() => ({ exit: undefined }))]);
+    let exit = first.exit;
+    if (!exit) {
+      const finished = readChannel(captures.result).kind === 'message' && (await onlyExitingLeft(child.uid));
+      exit = finished ? { code: 0, signal: null } : await child.exited;
+    }
     const wallMs = Number(process.hrtime.bigint() - started) / 1e6;
     clearTimeout(watchdog);
     stopWatch();
     request.signal.removeEventListener('abort', onAbort);
-    await killAllOfUid(child.uid); // descendants that outlived the child
-    const drained = Promise.all(Object.values(captures).map((c) => c.done));
-    await Promise.race([drained, new Promise((r) => setTimeout(r, DRAIN_AFTER_EXIT_MS).unref())]);
+    await killAllOfUid(child.uid, { ignoreExiting: true }); // descendants that outlived the child
+    await Promise.race([closed, new Promise((r) => setTimeout(r, DRAIN_AFTER_EXIT_MS).unref())]);
     for (const socket of [stdout, stderr, result]) socket.destroy();
     return withUsageNote({
       mode: 'seccomp',
