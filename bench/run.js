@@ -51,19 +51,31 @@ function freePort() {
   });
 }
 
-async function startService(mode, extraEnv) {
+async function startService(mode, pathName, extraEnv) {
   const port = await freePort();
   const nsjail = findNsjail();
   const child = spawn(process.execPath, [MAIN, '--target=service', '--signature-type=http'], {
     cwd: REPO,
-    env: { PATH: process.env.PATH, PORT: String(port), SANDBOX_MODE: mode, NODE_ENV: 'production', MAX_QUEUE: '1000', MAX_QUEUE_WAIT_MS: '600000', ...(nsjail ? { NSJAIL_PATH: nsjail } : {}), ...extraEnv },
+    env: {
+      PATH: process.env.PATH,
+      PORT: String(port),
+      SANDBOX_MODE: mode,
+      WARM_POOL: pathName === 'warm' ? 'on' : 'off',
+      NODE_ENV: 'production',
+      MAX_QUEUE: '1000',
+      MAX_QUEUE_WAIT_MS: '600000',
+      ...(nsjail ? { NSJAIL_PATH: nsjail } : {}),
+      ...extraEnv,
+    },
     stdio: ['ignore', 'ignore', 'inherit'],
   });
   const url = `http://127.0.0.1:${port}`;
   for (let i = 0; i < 300; i++) {
     try {
       const health = await (await fetch(`${url}/healthz`)).json();
-      if (health.sandbox.mode !== mode) throw new Error(`wanted ${mode}, got ${health.sandbox.mode}: ${health.sandbox.reason}`);
+      if (health.sandbox.mode !== mode || health.sandbox.path !== pathName) {
+        throw new Error(`wanted ${mode}/${pathName}, got ${health.sandbox.mode}/${health.sandbox.path}: ${JSON.stringify(health.sandbox.capabilities.warm_pool)}`);
+      }
       return { url, child, capacity: health.capacity };
     } catch (error) {
       if (String(error.message).startsWith('wanted')) throw error;
@@ -118,25 +130,28 @@ async function one(url, script) {
   return { ms: Number(process.hrtime.bigint() - started) / 1e6, ok: response.status === 200 };
 }
 
-async function load(url, script, concurrency, total) {
+/** Closed-loop load: `concurrency` clients, each sending its next request when the last is answered. */
+async function load(url, script, concurrency, { minRequests, seconds }) {
   const latencies = [];
   let errors = 0;
-  let next = 0;
+  let sent = 0;
   const started = process.hrtime.bigint();
+  const elapsed = () => Number(process.hrtime.bigint() - started) / 1e9;
   await Promise.all(
     Array.from({ length: concurrency }, async () => {
-      while (next < total) {
-        next++;
+      while (sent < minRequests || elapsed() < seconds) {
+        sent++;
         const { ms, ok } = await one(url, script);
         latencies.push(ms);
         if (!ok) errors++;
       }
     }),
   );
-  const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+  const total = latencies.length;
+  const wall = elapsed();
   latencies.sort((a, b) => a - b);
   const pct = (p) => round(latencies[Math.min(latencies.length - 1, Math.floor((p / 100) * latencies.length))]);
-  return { requests: total, p50_ms: pct(50), p95_ms: pct(95), p99_ms: pct(99), throughput_rps: round(total / seconds), errors };
+  return { requests: total, p50_ms: pct(50), p95_ms: pct(95), p99_ms: pct(99), throughput_rps: round(total / wall), errors };
 }
 
 function round(x) {
@@ -158,7 +173,8 @@ function markdown(report) {
     `# Benchmark results`,
     '',
     `${report.machine.date} on ${report.machine.cpus} x ${report.machine.cpu_model}, ${report.machine.memory_gib} GiB, Linux ${report.machine.kernel}, Node ${report.machine.node}.`,
-    `Loopback HTTP, one service per sandbox mode (MAX_CONCURRENT_RUNS=${report.capacity}). Paths measured: ${report.paths.join(', ')}.`,
+    `Loopback HTTP, one service per sandbox mode and path, all running during the whole bench (MAX_CONCURRENT_RUNS=${report.capacity} each); ` +
+      `each row is the median of ${report.rounds} rounds that visit the services in turn (memory: the peak). Closed loop: each client sends its next request when the last is answered.`,
     '',
     '| mode | path | workload | concurrency | requests | p50 ms | p95 ms | p99 ms | runs/s | errors | service peak MiB | sandboxes peak MiB |',
     '|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
@@ -199,36 +215,72 @@ function svgChart(report) {
   );
 }
 
+function median(values) {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.floor(sorted.length / 2)];
+}
+
+/**
+ * Every service (mode x path) runs for the whole bench, and each measurement is repeated in
+ * rounds that visit the services in turn, so a noisy minute of the host hurts all paths alike.
+ * Each row reports the median over the rounds (memory: the peak over them).
+ */
 async function main() {
+  const rounds = QUICK ? 1 : Number(process.env.BENCH_ROUNDS || 3);
   const modes = ['seccomp'];
   if (findNsjail()) modes.push('nsjail');
   else console.error('bench: no nsjail binary (NSJAIL_PATH or PATH): nsjail mode not measured');
-  // The warm path (pre-forked interpreters) is not built yet: only the cold path is measured.
-  const paths = ['cold'];
-  const perLevel = QUICK ? { 1: 5, sat: 8 } : { 1: 15, sat: 24 };
-  const report = { machine: machine(), paths, capacity: 0, rows: [], ratios: [] };
-  for (const mode of modes) {
-    for (const pathName of paths) {
-      const service = await startService(mode, {});
-      report.capacity = service.capacity;
-      const saturation = service.capacity;
-      try {
-        for (const [workload, script] of Object.entries(WORKLOADS)) {
-          await one(service.url, script); // warm the page cache, not the sandbox
-          for (const concurrency of [1, saturation]) {
+  // The warm path exists for seccomp mode only; nsjail mode is measured cold.
+  const variants = modes.flatMap((mode) => (mode === 'seccomp' ? ['cold', 'warm'] : ['cold']).map((pathName) => ({ mode, path: pathName })));
+  const budget = QUICK ? { minRequests: 5, seconds: 1 } : { minRequests: 8, seconds: 2.5 };
+  const report = { machine: machine(), rounds, paths: ['cold', 'warm'], capacity: 0, rows: [], ratios: [] };
+  const services = [];
+  try {
+    for (const variant of variants) services.push({ ...variant, service: await startService(variant.mode, variant.path, {}) });
+    report.capacity = services[0].service.capacity;
+    // Twice the run slots in flight keeps every slot busy while finished runs are cleaned up.
+    const levels = [1, 2 * report.capacity];
+    const samples = new Map();
+    for (let round = 0; round < rounds; round++) {
+      for (const [workload, script] of Object.entries(WORKLOADS)) {
+        for (const concurrency of levels) {
+          for (const { mode, path: pathName, service } of services) {
+            if (round === 0 && concurrency === 1) for (let i = 0; i < 3; i++) await one(service.url, script); // page cache, JIT
             const sampler = memorySampler(service.child.pid);
-            const stats = await load(service.url, script, concurrency, concurrency === 1 ? perLevel[1] : perLevel.sat);
-            const row = { mode, path: pathName, workload, concurrency, ...stats, ...sampler.stop() };
-            report.rows.push(row);
-            console.error(`${mode}/${pathName} ${workload} c=${concurrency}: p50 ${row.p50_ms} ms, ${row.throughput_rps} runs/s, ${row.errors} errors`);
+            const stats = await load(service.url, script, concurrency, budget);
+            const key = `${mode}|${pathName}|${workload}|${concurrency}`;
+            if (!samples.has(key)) samples.set(key, []);
+            samples.get(key).push({ ...stats, ...sampler.stop() });
+            console.error(`round ${round + 1}/${rounds} ${mode}/${pathName} ${workload} c=${concurrency}: p50 ${stats.p50_ms} ms, ${stats.throughput_rps} runs/s, ${stats.errors} errors`);
           }
         }
-      } finally {
-        service.child.kill('SIGTERM');
-        await new Promise((r) => service.child.on('exit', r));
       }
     }
+    for (const [key, list] of samples) {
+      const [mode, pathName, workload, concurrency] = key.split('|');
+      const pick = (field) => round(median(list.map((x) => x[field])));
+      report.rows.push({
+        mode,
+        path: pathName,
+        workload,
+        concurrency: Number(concurrency),
+        requests: list.reduce((sum, x) => sum + x.requests, 0),
+        p50_ms: pick('p50_ms'),
+        p95_ms: pick('p95_ms'),
+        p99_ms: pick('p99_ms'),
+        throughput_rps: pick('throughput_rps'),
+        errors: list.reduce((sum, x) => sum + x.errors, 0),
+        service_peak_mib: Math.max(...list.map((x) => x.service_peak_mib)),
+        sandbox_peak_mib: Math.max(...list.map((x) => x.sandbox_peak_mib)),
+      });
+    }
+  } finally {
+    for (const { service } of services) {
+      service.child.kill('SIGTERM');
+      await new Promise((r) => (service.child.exitCode !== null ? r() : service.child.on('exit', r)));
+    }
   }
+  report.rows.sort((a, b) => variantOrder(a) - variantOrder(b) || Object.keys(WORKLOADS).indexOf(a.workload) - Object.keys(WORKLOADS).indexOf(b.workload) || a.concurrency - b.concurrency);
   for (const warm of report.rows.filter((r) => r.path === 'warm')) {
     const cold = report.rows.find((r) => r.path === 'cold' && r.mode === warm.mode && r.workload === warm.workload && r.concurrency === warm.concurrency);
     if (cold) report.ratios.push({ mode: warm.mode, workload: warm.workload, concurrency: warm.concurrency, p50_speedup: round(cold.p50_ms / warm.p50_ms), throughput_ratio: round(warm.throughput_rps / cold.throughput_rps) });
@@ -238,6 +290,10 @@ async function main() {
   fs.writeFileSync(path.join(RESULTS, 'results.md'), markdown(report));
   fs.writeFileSync(path.join(RESULTS, 'latency.svg'), svgChart(report));
   process.stdout.write(markdown(report));
+}
+
+function variantOrder(row) {
+  return ['seccomp|cold', 'seccomp|warm', 'nsjail|cold'].indexOf(`${row.mode}|${row.path}`);
 }
 
 main().catch((error) => {

@@ -207,15 +207,16 @@ export class WarmSandbox implements Sandbox {
     const closed = Promise.all(Object.values(captures).map((c) => c.done));
     const first = await Promise.race([child.exited.then((exit) => ({ exit })), closed.then(() => ({ exit: undefined }))]);
     let exit = first.exit;
+    let nothingLeft = false;
     if (!exit) {
-      const finished = readChannel(captures.result).kind === 'message' && (await onlyExitingLeft(child.uid));
-      exit = finished ? { code: 0, signal: null } : await child.exited;
+      nothingLeft = readChannel(captures.result).kind === 'message' && (await onlyExitingLeft(child.uid));
+      exit = nothingLeft ? { code: 0, signal: null } : await child.exited;
     }
     const wallMs = Number(process.hrtime.bigint() - started) / 1e6;
     clearTimeout(watchdog);
     stopWatch();
     request.signal.removeEventListener('abort', onAbort);
-    await killAllOfUid(child.uid, { ignoreExiting: true }); // descendants that outlived the child
+    if (!nothingLeft) await killAllOfUid(child.uid, { ignoreExiting: true }); // descendants that outlived the child
     await Promise.race([closed, new Promise((r) => setTimeout(r, DRAIN_AFTER_EXIT_MS).unref())]);
     for (const socket of [stdout, stderr, result]) socket.destroy();
     return withUsageNote({
