@@ -219,9 +219,13 @@ export class WarmSandbox implements Sandbox {
     if (!nothingLeft) await killAllOfUid(child.uid, { ignoreExiting: true }); // descendants that outlived the child
     await Promise.race([closed, new Promise((r) => setTimeout(r, DRAIN_AFTER_EXIT_MS).unref())]);
     for (const socket of [stdout, stderr, result]) socket.destroy();
+    const channel = readChannel(captures.result);
+    if (exit.lost && channel.kind !== 'message' && !timedOut && !aborted) {
+      return failure("the warm pool's zygote died during the run, and the run with it; it is being restarted");
+    }
     return withUsageNote({
       mode: 'seccomp',
-      channel: readChannel(captures.result),
+      channel,
       exitCode: exit.code,
       signal: exit.signal,
       timedOut,

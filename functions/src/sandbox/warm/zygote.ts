@@ -11,6 +11,8 @@ import { sandboxEnvironment } from '../job';
 export interface ChildExit {
   code: number | null;
   signal: string | null;
+  /** The zygote died, and with it (PR_SET_PDEATHSIG) this child: no exit status was seen. */
+  lost?: boolean;
 }
 
 export interface PreforkCommand {
@@ -110,7 +112,7 @@ export class Zygote {
     const orphans = [...this.children.entries()];
     this.children.clear();
     for (const [token, tracked] of orphans) {
-      tracked.exited({ code: null, signal: 'SIGKILL' });
+      tracked.exited({ code: null, signal: 'SIGKILL', lost: true });
       this.onLost(token);
     }
     this.ready = undefined;

@@ -1,0 +1,72 @@
+/**
+ * The warm path's own lifecycle (jest project "warm"): waiting children, one child per run, and a
+ * zygote that is restarted when it dies. Its isolation is covered by execute.test.ts and the
+ * attack suite, which the "warm" project runs on this path too.
+ */
+import { promises as fs } from 'fs';
+import { execute, pathUnderTest, py, request, startService, type RunningService } from './helpers/service';
+
+const describeWarm = pathUnderTest() === 'warm' ? describe : describe.skip;
+
+describeWarm('warm path', () => {
+  let service: RunningService;
+  beforeAll(async () => {
+    service = await startService({ MAX_CONCURRENT_RUNS: '2', WARM_POOL_SIZE: '2' }, 'seccomp');
+  });
+  afterAll(async () => {
+    await service?.stop();
+  });
+
+  async function waitingChildren(count: number): Promise<Array<{ slot: number; pid: number }>> {
+    for (let i = 0; i < 100; i++) {
+      const health = (await request(`${service.url}/healthz`)).body;
+      if (health.warm_pool?.waiting === count) return health.warm_pool.children;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    throw new Error('the pool did not refill');
+  }
+
+  async function zygotePids(): Promise<number[]> {
+    const found: number[] = [];
+    for (const entry of await fs.readdir('/proc')) {
+      if (!/^\d+$/.test(entry)) continue;
+      const cmdline = await fs.readFile(`/proc/${entry}/cmdline`, 'utf8').catch(() => '');
+      if (cmdline.includes('zygote.py') && cmdline.includes(`warm-${service.process.pid}/`)) found.push(Number(entry));
+    }
+    // Children of the zygote share its command line; the zygote is the one whose parent is the service.
+    const parents = await Promise.all(found.map(async (pid) => Number((await fs.readFile(`/proc/${pid}/stat`, 'utf8')).split(') ')[1].split(' ')[1])));
+    return found.filter((_, i) => parents[i] === service.process.pid);
+  }
+
+  test('health lists the waiting children; a run uses one and it is replaced by a new one', async () => {
+    const before = await waitingChildren(2);
+    const answer = await execute(service, py('import os', 'def main():', '    return os.getpid()'));
+    expect(answer.status).toBe(200);
+    expect(before.map((c) => c.pid)).toContain(answer.body.result);
+    const after = await waitingChildren(2);
+    expect(after.map((c) => c.pid)).not.toContain(answer.body.result);
+  });
+
+  test('each run gets a fresh child: module state never carries over', async () => {
+    const script = py('import json', 'def main():', '    seen = getattr(json, "_marker", None)', '    json._marker = "set"', '    return seen');
+    for (let i = 0; i < 4; i++) expect((await execute(service, script)).body.result).toBeNull();
+  });
+
+  test('the zygote is restarted when it dies, and runs go on', async () => {
+    const [zygote] = await zygotePids();
+    expect(zygote).toBeGreaterThan(0);
+    process.kill(zygote, 'SIGKILL');
+    let answer;
+    for (let i = 0; i < 40; i++) {
+      answer = await execute(service, py('def main():', '    return "after restart"'));
+      if (answer.status === 200) break;
+      expect(answer.body.error.type).toBe('sandbox_unavailable'); // never a run outside the sandbox
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    expect(answer!.body.result).toBe('after restart');
+    const [restarted] = await zygotePids();
+    expect(restarted).toBeGreaterThan(0);
+    expect(restarted).not.toBe(zygote);
+    expect(service.logEntries().some((entry) => entry.event === 'zygote_died')).toBe(true);
+  });
+});
