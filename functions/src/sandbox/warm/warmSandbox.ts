@@ -77,14 +77,13 @@ export class WarmSandbox implements Sandbox {
     try {
       return await this.execute(child, request);
     } finally {
-      // After the answer: what is left is files, and the slot's next child waits for them to go.
-      const cleaned = (async () => {
-        await child.exited; // the zygote reaped it (its address space is gone)
-        await killAllOfUid(uid);
-        await removeFilesOfUid(uid);
-        await fs.rm(child.workdir, { recursive: true, force: true });
-      })();
-      this.refill(request.slot, cleaned);
+      // Before the answer: no process of the uid can run any more (execute made sure) and its
+      // files are gone. After it, the slot's next child waits for the zygote to have reaped
+      // this one (its address space torn down) and for a last sweep of the uid.
+      await removeFilesOfUid(uid);
+      await fs.rm(child.workdir, { recursive: true, force: true });
+      const settled = child.exited.then(() => killAllOfUid(uid));
+      this.refill(request.slot, settled);
     }
   }
 
