@@ -84,20 +84,7 @@ export const TRY = py(
   '    return _errno.errorcode.get(ctypes.get_errno(), str(ctypes.get_errno())) if result == -1 else result',
 );
 
-/** Host processes whose argv contains the argument (leftovers of a run). */
-export async function processesWithArgument(argument: string): Promise<number[]> {
-  const found: number[] = [];
-  for (const entry of await fs.readdir('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const cmdline = await fs.readFile(`/proc/${entry}/cmdline`, 'utf8');
-      if (cmdline.split('\0').includes(argument)) found.push(Number(entry));
-    } catch {
-      // gone
-    }
-  }
-  return found;
-}
+export { processesWithArgument } from '../helpers/processes';
 
 /** The warm path's pre-forked children, confined and waiting for their (future) run. */
 async function waitingChildren(service: RunningService | undefined): Promise<Set<number>> {
