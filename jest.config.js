@@ -10,6 +10,7 @@ const common = {
 };
 
 module.exports = {
+  reporters: ['default', '<rootDir>/functions/test/setup/summaryReporter.js'],
   testTimeout: 60000,
   maxWorkers: 1,
   projects: [
