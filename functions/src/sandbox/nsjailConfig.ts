@@ -1,5 +1,5 @@
 /** Renders sandbox-image/nsjail/python.cfg: its {{NAME}} placeholders come from configuration. */
-import { promises as fs } from 'fs';
+import { promises as fs, rmSync } from 'fs';
 import * as path from 'path';
 import type { Config } from '../config';
 import { sandboxEnvironment } from './job';
@@ -35,5 +35,6 @@ export async function writeNsjailConfig(config: Config): Promise<string> {
   await fs.mkdir(config.workRoot, { recursive: true, mode: 0o711 });
   const target = path.join(config.workRoot, `nsjail-${process.pid}.cfg`);
   await fs.writeFile(target, renderNsjailConfig(template, config), { mode: 0o600 });
+  process.once('exit', () => rmSync(target, { force: true }));
   return target;
 }

@@ -139,10 +139,15 @@ export async function startService(env: Record<string, string> = {}, mode = 'sec
           return [];
         }
       }),
-    stop: async (signal = 'SIGKILL') => {
+    // SIGTERM by default, as Cloud Run does, so the service cleans up after itself; SIGKILL if
+    // it has not exited within 10 s.
+    stop: async (signal = 'SIGTERM') => {
       stopping = true;
       if (child.exitCode === null) child.kill(signal);
-      return exited;
+      const timer = setTimeout(() => child.exitCode === null && child.kill('SIGKILL'), 10000);
+      const code = await exited;
+      clearTimeout(timer);
+      return code;
     },
     exited,
   };

@@ -4,7 +4,7 @@
  * child can neither reach it (Landlock) nor connect anywhere (seccomp). Each connection starts
  * with "<token> <stream>\n" and is handed to whoever waits for that token.
  */
-import { promises as fs } from 'fs';
+import { promises as fs, rmSync } from 'fs';
 import * as net from 'net';
 import * as path from 'path';
 
@@ -36,6 +36,7 @@ export class ChannelServer {
       this.server!.listen(this.socketPath, () => resolve());
     });
     await fs.chmod(this.socketPath, 0o600);
+    process.once('exit', () => rmSync(dir, { recursive: true, force: true }));
   }
 
   /** Resolves with the three streams of the child announced under this token. */

@@ -6,7 +6,7 @@
  * processes are killed and its files removed before the slot gets its next child.
  */
 import { randomUUID } from 'crypto';
-import { promises as fs } from 'fs';
+import { promises as fs, rmSync } from 'fs';
 import type * as net from 'net';
 import * as path from 'path';
 import type { Config } from '../../config';
@@ -40,6 +40,8 @@ export class WarmSandbox implements Sandbox {
   readonly path = 'warm' as const;
   private readonly prepared = new Map<number, Promise<WarmChild>>();
   private readonly ready = new Map<number, WarmChild>();
+  /** Directories of children not yet cleaned up: removed when the service exits, whatever the children were doing. */
+  private readonly workdirs = new Set<string>();
   private readonly channels: ChannelServer;
   private readonly zygote: Zygote;
 
@@ -52,6 +54,9 @@ export class WarmSandbox implements Sandbox {
   async start(): Promise<void> {
     if (process.getuid?.() !== 0) throw new Error('the warm pool needs root (to give each child its own uid)');
     await this.channels.start();
+    process.once('exit', () => {
+      for (const dir of this.workdirs) rmSync(dir, { recursive: true, force: true });
+    });
     await this.zygote.start();
     for (let slot = 0; slot < Math.min(this.config.warmPoolSize, this.config.maxConcurrentRuns); slot++) this.refill(slot);
   }
@@ -82,6 +87,7 @@ export class WarmSandbox implements Sandbox {
       // this one (its address space torn down) and for a last sweep of the uid.
       await removeFilesOfUid(uid);
       await fs.rm(child.workdir, { recursive: true, force: true });
+      this.workdirs.delete(child.workdir);
       const settled = child.exited.then(() => killAllOfUid(uid));
       this.refill(request.slot, settled);
     }
@@ -119,6 +125,7 @@ export class WarmSandbox implements Sandbox {
   private async discard(child: WarmChild): Promise<void> {
     await killAllOfUid(child.uid);
     await fs.rm(child.workdir, { recursive: true, force: true });
+    this.workdirs.delete(child.workdir);
   }
 
   private async prepare(slot: number): Promise<WarmChild> {
@@ -126,6 +133,7 @@ export class WarmSandbox implements Sandbox {
     const uid = this.config.sandboxUidBase + slot;
     await fs.mkdir(this.config.workRoot, { recursive: true, mode: 0o711 });
     const workdir = await fs.mkdtemp(path.join(this.config.workRoot, `run-${slot}-`));
+    this.workdirs.add(workdir);
     await fs.chown(workdir, uid, uid);
     await fs.chmod(workdir, 0o700);
     const token = randomUUID();
@@ -158,6 +166,7 @@ export class WarmSandbox implements Sandbox {
       this.channels.forget(token);
       await killAllOfUid(uid);
       await fs.rm(workdir, { recursive: true, force: true });
+      this.workdirs.delete(workdir);
       throw error;
     } finally {
       clearTimeout(timer);
