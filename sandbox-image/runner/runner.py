@@ -93,36 +93,31 @@ def _cpu_ms():
     return round((own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime) * 1000)
 
 
-def _read_job():
+def read_all(fd):
+    """Everything until EOF on fd: the job, from the service."""
     chunks = []
-    while True:
-        chunk = os.read(0, 1 << 20)
-        if not chunk:
-            break
+    while chunk := os.read(fd, 1 << 20):
         chunks.append(chunk)
-    job = json.loads(b"".join(chunks))
+    return b"".join(chunks)
+
+
+def stdin_from_devnull():
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
-    return job
 
 
-def _take_result_fd():
-    """Moves the channel off fd 3 to a close-on-exec descriptor: child processes never inherit it,
-    and a script writing to "other" descriptors finds fd 3 closed."""
+def take_channel_fd(fd):
+    """Moves the result channel from fd to a high close-on-exec descriptor and closes every other
+    descriptor but 0, 1 and 2: child processes never inherit the channel, a script writing to
+    "other" descriptors finds them closed, and nothing the runner's parent left open (a pipe of
+    the service's supervisor, the zygote's control pipes, other children's sockets) reaches the
+    script."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    high = fcntl.fcntl(RESULT_FD, fcntl.F_DUPFD_CLOEXEC, max(10, min(100, soft - 8)))
-    os.close(RESULT_FD)
-    _close_inherited(keep=high)
+    high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, max(10, min(100, soft - 8)))
+    os.closerange(3, high)
+    os.closerange(high + 1, 1 << 20)
     return high
-
-
-def _close_inherited(keep):
-    """Closes every descriptor but 0, 1, 2 and the channel. In seccomp mode the runner is a plain
-    child of the service and would otherwise inherit whatever non-close-on-exec descriptors the
-    service itself inherited (a pipe of its supervisor, a socket): the script must get none."""
-    os.closerange(3, keep)
-    os.closerange(keep + 1, 1 << 20)
 
 
 def _user_traceback(exc):
@@ -223,8 +218,9 @@ async def _await(awaitable):
 
 
 def main():
-    job = _read_job()
-    channel = Channel(_take_result_fd(), job["result_max_bytes"])
+    job = json.loads(read_all(0))
+    stdin_from_devnull()
+    channel = Channel(take_channel_fd(RESULT_FD), job["result_max_bytes"])
     try:
         channel.layers = confine.confine(job["confine"], job["limits"])
     except Exception as exc:  # noqa: BLE001 - no user code runs without every required layer

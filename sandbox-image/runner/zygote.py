@@ -78,20 +78,10 @@ def child(command, channel_path, compiled, preload_bytes):
         out = connect(channel_path, token, "stdout")
         err = connect(channel_path, token, "stderr")
         res = connect(channel_path, token, "result")
-        null = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(null, 0)
+        runner.stdin_from_devnull()
         os.dup2(out, 1)
         os.dup2(err, 2)
-        result_fd = os.dup(res)  # above 2
-        # Nothing of the zygote's stays open: not its control pipes, not other children's sockets.
-        keep = {0, 1, 2, result_fd}
-        for fd in list_open_fds():
-            if fd not in keep:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-        os.set_inheritable(result_fd, False)
+        result_fd = runner.take_channel_fd(res)
 
         os.setgroups([])
         os.setgid(uid)
@@ -119,7 +109,7 @@ def child(command, channel_path, compiled, preload_bytes):
             os._exit(EXIT_SETUP_FAILED)
     try:
         os.write(result_fd, b"ready\n" + runner.CONFINED_MARKER)
-        job = json.loads(read_all(result_fd))
+        job = json.loads(runner.read_all(result_fd))
         channel.max_bytes = job["result_max_bytes"]
         runner.run(job, channel)
     except BaseException:  # noqa: BLE001 - e.g. the service went away; the exit status says it
@@ -133,19 +123,6 @@ def child(command, channel_path, compiled, preload_bytes):
         except OSError:
             pass
     os._exit(0)
-
-
-def read_all(fd):
-    chunks = []
-    while True:
-        chunk = os.read(fd, 1 << 20)
-        if not chunk:
-            return b"".join(chunks)
-        chunks.append(chunk)
-
-
-def list_open_fds():
-    return [int(name) for name in os.listdir("/proc/self/fd") if name.isdigit()]
 
 
 def main():
