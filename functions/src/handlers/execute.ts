@@ -25,34 +25,32 @@ export async function execute(req: IncomingMessage, _res: ServerResponse, ctx: S
   if (!sandbox) throw new ApiError('sandbox_unavailable', `no sandbox is usable on this instance: ${report.reason}`);
 
   // The run is killed if the client leaves, or when shutdown's grace period ends (app.ts).
-  const controller = info.abort;
-  {
-    const lease = await ctx.admission.acquire(controller.signal);
-    info.logFields.queue_ms = Math.round(lease.queueMs);
-    try {
-      const run = await sandbox.run({ script: request.script, args: request.args ?? {}, slot: lease.slot, signal: controller.signal });
-      const outcome = interpret(run, {
-        requestId: info.requestId,
-        queueMs: lease.queueMs,
-        timeoutMs: ctx.config.scriptTimeoutMs,
-        memoryMb: ctx.config.scriptMemoryMb,
-        abortReason: controller.signal.aborted ? (controller.signal.reason as 'client_closed' | 'shutdown') : undefined,
-      });
-      Object.assign(info.logFields, {
-        outcome: outcome.type,
-        sandbox: run.mode,
-        sandbox_path: report.path,
-        wall_ms: Math.round(run.wallMs),
-        cpu_ms: run.channel.kind === 'message' ? run.channel.message.cpu_ms : null,
-        stdout_bytes: run.stdout.bytes,
-        stderr_bytes: run.stderr.bytes,
-        exit_code: run.exitCode,
-        signal: run.signal,
-      });
-      return { status: outcome.status, body: outcome.body };
-    } finally {
-      lease.release();
-    }
+  const { signal } = info.abort;
+  const lease = await ctx.admission.acquire(signal);
+  info.logFields.queue_ms = Math.round(lease.queueMs);
+  try {
+    const run = await sandbox.run({ script: request.script, args: request.args ?? {}, slot: lease.slot, signal });
+    const outcome = interpret(run, {
+      requestId: info.requestId,
+      queueMs: lease.queueMs,
+      timeoutMs: ctx.config.scriptTimeoutMs,
+      memoryMb: ctx.config.scriptMemoryMb,
+      abortReason: signal.aborted ? (signal.reason as 'client_closed' | 'shutdown') : undefined,
+    });
+    Object.assign(info.logFields, {
+      outcome: outcome.type,
+      sandbox: run.mode,
+      sandbox_path: sandbox.path,
+      wall_ms: Math.round(run.wallMs),
+      cpu_ms: run.channel.kind === 'message' ? run.channel.message.cpu_ms : null,
+      stdout_bytes: run.stdout.bytes,
+      stderr_bytes: run.stderr.bytes,
+      exit_code: run.exitCode,
+      signal: run.signal,
+    });
+    return { status: outcome.status, body: outcome.body };
+  } finally {
+    lease.release();
   }
 }
 

@@ -6,7 +6,6 @@
 import type { IncomingMessage } from 'http';
 import type { RequestInfo, ServiceContext } from '../context';
 import { trialRun } from '../sandbox/probe';
-import { WarmSandbox } from '../sandbox/warm/warmSandbox';
 import type { HandlerResult } from './execute';
 
 export async function health(req: IncomingMessage, ctx: ServiceContext, info: RequestInfo): Promise<HandlerResult> {
@@ -30,7 +29,7 @@ export async function health(req: IncomingMessage, ctx: ServiceContext, info: Re
     },
     request_id: info.requestId,
   };
-  if (sandbox instanceof WarmSandbox) {
+  if (sandbox?.waiting) {
     const waiting = sandbox.waiting();
     body.warm_pool = { size: ctx.config.warmPoolSize, waiting: waiting.length, children: waiting };
   }

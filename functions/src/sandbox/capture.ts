@@ -2,6 +2,17 @@
 import type { Readable } from 'stream';
 import type { CapturedText } from './types';
 
+/** What a run that never started printed. */
+export const EMPTY_TEXT: CapturedText = Object.freeze({ text: '', bytes: 0, truncated: false });
+
+/** Waits for the captures to see their streams end, but no longer than ms (a stream a killed
+ * process's leftover still holds open is not waited for forever). */
+export async function drainWithin(captures: CappedCapture[], ms: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([Promise.all(captures.map((c) => c.done)), new Promise<void>((r) => (timer = setTimeout(r, ms)))]);
+  clearTimeout(timer);
+}
+
 export class CappedCapture {
   private readonly chunks: Buffer[] = [];
   private kept = 0;

@@ -4,6 +4,7 @@
  * inside the jail in nsjail mode).
  */
 import type { Config } from '../config';
+import type { SandboxFiles } from './files';
 
 const MIB = 1024 * 1024;
 
@@ -56,6 +57,11 @@ const SYSTEM_READ_PATHS = [
   '/dev/random',
   '/dev/zero',
 ];
+
+/** The runner's paths when it runs on the host (seccomp mode, cold and warm). */
+export function hostRunnerPaths(files: SandboxFiles, workdir: string): RunnerPaths {
+  return { workdir, runnerDir: files.runnerDir, policyFile: files.policyFile, procPaths: PROC_SELF_ONLY };
+}
 
 /** Limits and confinement of a run: everything the runner gets except the script and its args. */
 export function runnerJobSpec(config: Config, paths: RunnerPaths) {

@@ -1,14 +1,15 @@
 /** Renders sandbox-image/nsjail/python.cfg: its {{NAME}} placeholders come from configuration. */
-import { promises as fs, rmSync } from 'fs';
+import { promises as fs } from 'fs';
 import * as path from 'path';
 import type { Config } from '../config';
+import type { SandboxFiles } from './files';
 import { sandboxEnvironment } from './job';
 
 export const JAIL_WORKDIR = '/tmp';
 export const JAIL_RUNNER_DIR = '/sandbox/runner';
 export const JAIL_POLICY_FILE = '/sandbox/seccomp-policy.json';
 
-export function renderNsjailConfig(template: string, config: Config): string {
+export function renderNsjailConfig(template: string, config: Config, sandboxDir: string): string {
   const envars = Object.entries(sandboxEnvironment(JAIL_WORKDIR))
     .map(([key, value]) => `envar: ${JSON.stringify(`${key}=${value}`)}`)
     .join('\n');
@@ -20,7 +21,7 @@ export function renderNsjailConfig(template: string, config: Config): string {
     OPEN_FILES: String(config.scriptMaxOpenFiles),
     PROCESSES: String(config.scriptMaxProcesses),
     TMP_MB: String(config.scriptTmpMb),
-    SANDBOX_DIR: config.sandboxDir,
+    SANDBOX_DIR: sandboxDir,
     ENVARS: envars,
   };
   return template.replace(/\{\{([A-Z_]+)\}\}/g, (match, name: string) => {
@@ -29,12 +30,10 @@ export function renderNsjailConfig(template: string, config: Config): string {
   });
 }
 
-/** Writes the rendered config where only root can read it; returns its path. */
-export async function writeNsjailConfig(config: Config): Promise<string> {
-  const template = await fs.readFile(path.join(config.sandboxDir, 'nsjail', 'python.cfg'), 'utf8');
-  await fs.mkdir(config.workRoot, { recursive: true, mode: 0o711 });
-  const target = path.join(config.workRoot, `nsjail-${process.pid}.cfg`);
-  await fs.writeFile(target, renderNsjailConfig(template, config), { mode: 0o600 });
-  process.once('exit', () => rmSync(target, { force: true }));
+/** Writes the rendered config (binding the staged runner and policy) where only root can read it. */
+export async function writeNsjailConfig(config: Config, files: SandboxFiles): Promise<string> {
+  const template = await fs.readFile(files.nsjailTemplate, 'utf8');
+  const target = path.join(files.dir, 'nsjail.cfg');
+  await fs.writeFile(target, renderNsjailConfig(template, config, files.dir), { mode: 0o600 });
   return target;
 }

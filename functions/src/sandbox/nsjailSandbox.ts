@@ -7,9 +7,9 @@ import { channelMaxBytes, runnerArgv, runnerJob } from './job';
 import { JAIL_POLICY_FILE, JAIL_RUNNER_DIR, JAIL_WORKDIR } from './nsjailConfig';
 import { runProcess } from './processRun';
 import type { RunReport, RunRequest, Sandbox } from './types';
-import { withUsageNote, type LimitExceeded } from './types';
+import { withUsageNote } from './types';
 import { killAllOfUid } from './uidReaper';
-import { watchUsage } from './usageWatch';
+import { runUsageLimits } from './usageWatch';
 
 /** The uid (and gid) a script has inside the jail. */
 const INSIDE_ID = 1000;
@@ -23,6 +23,7 @@ export interface NsjailOptions {
 
 export class NsjailSandbox implements Sandbox {
   readonly mode = 'nsjail' as const;
+  readonly path = 'cold' as const;
   private readonly isRoot = process.getuid?.() === 0;
 
   constructor(private readonly config: Config, private readonly options: NsjailOptions) {}
@@ -42,61 +43,50 @@ export class NsjailSandbox implements Sandbox {
       ...this.options.extraFlags,
       '--', ...runnerArgv(this.config.sandboxPython, JAIL_RUNNER_DIR),
     ];
-    // Aggregate memory of the jail's processes (outside uid), also where cgroup v2 is missing.
-    let exceeded: LimitExceeded | undefined;
-    let nsjailPid: number | undefined;
-    const stopWatch = this.isRoot
-      ? watchUsage({ uid: outsideId, memoryBytes: this.config.scriptMemoryMb * 1024 * 1024 }, (reason) => {
-          exceeded = reason;
-          if (nsjailPid !== undefined) {
+    const result = await runProcess(
+      { command: this.options.binary, args, env: {}, cwd: '/', detached: true, stdin: job, extraReadFds: 1 },
+      {
+        timeoutMs: this.config.scriptTimeoutMs,
+        outputMaxBytes: this.config.outputMaxBytes,
+        channelMaxBytes: channelMaxBytes(this.config),
+        signal: request.signal,
+        // Aggregate memory of the jail's processes (outside uid), also where cgroup v2 is missing.
+        usage: this.isRoot ? runUsageLimits(this.config, outsideId) : undefined,
+        killTree: async (pid) => {
+          // Killing nsjail kills the jail's init (PR_SET_PDEATHSIG), and with it the pid namespace.
+          if (pid !== undefined) {
             try {
-              process.kill(nsjailPid, 'SIGKILL');
+              process.kill(pid, 'SIGKILL');
             } catch {
               // already gone
             }
           }
-          void killAllOfUid(outsideId);
-        })
-      : () => undefined;
-    const result = await runProcess(
-      { command: this.options.binary, args, env: {}, cwd: '/', detached: true, stdin: job, extraReadFds: 1 },
-      { timeoutMs: this.config.scriptTimeoutMs, outputMaxBytes: this.config.outputMaxBytes, channelMaxBytes: channelMaxBytes(this.config) },
-      async (pid) => {
-        nsjailPid ??= pid;
-        // Killing nsjail kills the jail's init (PR_SET_PDEATHSIG), and with it the pid namespace.
-        if (pid !== undefined) {
-          try {
-            process.kill(pid, 'SIGKILL');
-          } catch {
-            // already gone
-          }
-        }
-        if (this.isRoot) await killAllOfUid(outsideId);
+          if (this.isRoot) await killAllOfUid(outsideId);
+        },
       },
-      request.signal,
-      (pid) => {
-        nsjailPid = pid;
-      },
-    ).finally(stopWatch);
+    );
     const log = result.extra[0]?.toString('utf8') ?? '';
     const ended = parseNsjailExit(log);
     const started = /Executing '/.test(log) || ended !== undefined || result.channel.kind !== 'empty';
-    return withUsageNote({
-      mode: 'nsjail',
-      channel: result.channel,
-      exitCode: ended?.exitCode ?? (ended?.signal ? null : result.exitCode),
-      signal: ended?.signal ?? null,
-      timedOut: result.timedOut || /run time >= time limit/.test(log),
-      aborted: result.aborted,
-      stdout: result.stdout,
-      stderr: result.stderr,
-      wallMs: result.wallMs,
-      sandboxFailure: result.spawnError
-        ? `nsjail could not start: ${result.spawnError}`
-        : !started && !result.timedOut && !result.aborted
-          ? `nsjail failed to set up the jail: ${lastErrorLine(log)}`
-          : undefined,
-    }, exceeded);
+    return withUsageNote(
+      {
+        mode: 'nsjail',
+        channel: result.channel,
+        exitCode: ended?.exitCode ?? (ended?.signal ? null : result.exitCode),
+        signal: ended?.signal ?? null,
+        timedOut: result.timedOut || /run time >= time limit/.test(log),
+        aborted: result.aborted,
+        stdout: result.stdout,
+        stderr: result.stderr,
+        wallMs: result.wallMs,
+        sandboxFailure: result.spawnError
+          ? `nsjail could not start: ${result.spawnError}`
+          : !started && !result.timedOut && !result.aborted
+            ? `nsjail failed to set up the jail: ${lastErrorLine(log)}`
+            : undefined,
+      },
+      result.exceeded,
+    );
   }
 }
 

@@ -7,6 +7,7 @@ import { promises as fs, constants as fsConstants } from 'fs';
 import * as path from 'path';
 import type { Config } from '../config';
 import { NsjailSandbox } from './nsjailSandbox';
+import { stageSandboxFiles, type SandboxFiles } from './files';
 import { writeNsjailConfig } from './nsjailConfig';
 import { SeccompSandbox } from './seccompSandbox';
 import type { RunReport, Sandbox, SandboxMode } from './types';
@@ -67,15 +68,20 @@ export async function probe(config: Config, logger?: Logger): Promise<ProbeResul
     warm_pool: { available: false, detail: config.warmPool ? 'not tried' : 'WARM_POOL=off' },
   };
 
-  const seccomp = new SeccompSandbox(config);
+  const files = await stageSandboxFiles(config);
+  const seccomp = new SeccompSandbox(config, files);
   const seccompTrial = await trialRun(seccomp);
   capabilities.seccomp = { available: seccompTrial.ok, detail: seccompTrial.detail };
-  const layers = seccompTrial.report.channel.kind === 'message' ? seccompTrial.report.channel.message.layers : {};
-  const abi = layers.landlock_abi ?? 0;
+  const layers = seccompTrial.report.channel.kind === 'message' ? seccompTrial.report.channel.message.layers : undefined;
+  const abi = layers?.landlock_abi ?? 0;
   capabilities.landlock = {
     available: abi > 0,
     abi,
-    detail: abi > 0 ? `Landlock ABI ${abi}: writes only to the run's directory, reads only system files` : 'the kernel offers no Landlock; file access rests on uid permissions',
+    detail: !layers
+      ? 'unknown: the trial run that reports it failed'
+      : abi > 0
+        ? `Landlock ABI ${abi}: writes only to the run's directory, reads only system files`
+        : 'the kernel offers no Landlock; file access rests on uid permissions',
   };
 
   let nsjail: Sandbox | null = null;
@@ -85,7 +91,7 @@ export async function probe(config: Config, logger?: Logger): Promise<ProbeResul
       capabilities.nsjail = { available: false, detail: `no nsjail binary at "${config.nsjailPath}" (NSJAIL_PATH or PATH)` };
     } else {
       try {
-        const configFile = await writeNsjailConfig(config);
+        const configFile = await writeNsjailConfig(config, files);
         const extraFlags = capabilities.cgroup_v2.available ? cgroupFlags(config) : [];
         const candidate = new NsjailSandbox(config, { binary, configFile, extraFlags });
         const trial = await trialRun(candidate);
@@ -119,17 +125,16 @@ export async function probe(config: Config, logger?: Logger): Promise<ProbeResul
   if (chosen.mode === 'nsjail' && config.warmPool) {
     capabilities.warm_pool.detail = 'not built for nsjail mode yet: every nsjail run starts a new interpreter';
   } else if (chosen.mode === 'seccomp' && config.warmPool) {
-    const warm = await tryWarmPool(config, logger);
+    const warm = await tryWarmPool(config, files, logger);
     capabilities.warm_pool = warm.finding;
     if (warm.sandbox) sandbox = warm.sandbox;
   }
-  const path = sandbox ? (sandbox instanceof WarmSandbox ? 'warm' : 'cold') : null;
-  return { report: { mode: chosen.mode, path, reason: chosen.reason, requested: config.sandboxMode, capabilities }, sandbox };
+  return { report: { mode: chosen.mode, path: sandbox?.path ?? null, reason: chosen.reason, requested: config.sandboxMode, capabilities }, sandbox };
 }
 
 /** Starts the zygote and sends one trial run through a warm child; any failure keeps the cold path. */
-async function tryWarmPool(config: Config, logger?: Logger): Promise<{ finding: Finding; sandbox?: WarmSandbox }> {
-  const warm = new WarmSandbox(config, logger);
+async function tryWarmPool(config: Config, files: SandboxFiles, logger?: Logger): Promise<{ finding: Finding; sandbox?: WarmSandbox }> {
+  const warm = new WarmSandbox(config, files, logger);
   try {
     await warm.start();
     const trial = await trialRun(warm);

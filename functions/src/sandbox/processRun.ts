@@ -1,13 +1,14 @@
 /**
  * Runs one sandboxed process: feeds it the job on stdin, captures stdout and stderr (capped),
- * reads the result channel (fd 3), and enforces the wall-clock limit with the service's own
- * watchdog. On timeout, abort or exit, the whole process tree is killed before the report is made.
+ * reads the result channel (fd 3), and ends it early through a RunGuard (watchdog, abort, usage
+ * limits). On exit the whole process tree is killed before the report is made.
  */
 import { spawn, type StdioPipe } from 'child_process';
 import type { Readable } from 'stream';
 import { isRunnerMessage } from '../validation';
-import { CappedCapture } from './capture';
-import type { ChannelState, CapturedText } from './types';
+import { CappedCapture, drainWithin, EMPTY_TEXT } from './capture';
+import { RunGuard, type GuardOptions } from './runGuard';
+import type { ChannelState, CapturedText, LimitExceeded } from './types';
 
 export interface ProcessPlan {
   command: string;
@@ -23,10 +24,11 @@ export interface ProcessPlan {
   extraReadFds: number;
 }
 
-export interface ProcessLimits {
-  timeoutMs: number;
+export interface ProcessLimits extends Omit<GuardOptions, 'kill'> {
   outputMaxBytes: number;
   channelMaxBytes: number;
+  /** Kills the process and everything it started. */
+  killTree: (pid: number | undefined) => Promise<void>;
 }
 
 export interface ProcessResult {
@@ -34,6 +36,7 @@ export interface ProcessResult {
   signal: string | null;
   timedOut: boolean;
   aborted: boolean;
+  exceeded?: LimitExceeded;
   stdout: CapturedText;
   stderr: CapturedText;
   channel: ChannelState;
@@ -43,15 +46,9 @@ export interface ProcessResult {
 }
 
 /** How long pipes may stay open after the tree was killed before we stop waiting for them. */
-const DRAIN_AFTER_KILL_MS = 2000;
+export const DRAIN_AFTER_KILL_MS = 2000;
 
-export function runProcess(
-  plan: ProcessPlan,
-  limits: ProcessLimits,
-  killTree: (pid: number | undefined) => Promise<void>,
-  signal: AbortSignal,
-  onSpawn?: (pid: number | undefined) => void,
-): Promise<ProcessResult> {
+export function runProcess(plan: ProcessPlan, limits: ProcessLimits): Promise<ProcessResult> {
   const started = process.hrtime.bigint();
   const elapsedMs = () => Number(process.hrtime.bigint() - started) / 1e6;
   const stdio: StdioPipe[] = ['pipe', 'pipe', 'pipe', 'pipe'];
@@ -60,40 +57,17 @@ export function runProcess(
   return new Promise((resolve) => {
     let child;
     try {
-      child = spawn(plan.command, plan.args, {
-        env: plan.env,
-        cwd: plan.cwd,
-        uid: plan.uid,
-        gid: plan.gid,
-        detached: plan.detached,
-        stdio,
-      });
+      child = spawn(plan.command, plan.args, { env: plan.env, cwd: plan.cwd, uid: plan.uid, gid: plan.gid, detached: plan.detached, stdio });
     } catch (error) {
       resolve(failedSpawn((error as Error).message, elapsedMs()));
       return;
     }
-    onSpawn?.(child.pid);
     const pipes = child.stdio as unknown as Readable[];
     const stdout = new CappedCapture(pipes[1], limits.outputMaxBytes);
     const stderr = new CappedCapture(pipes[2], limits.outputMaxBytes);
     const channel = new CappedCapture(pipes[3], limits.channelMaxBytes);
     const extra = pipes.slice(4).map((pipe) => new CappedCapture(pipe, 256 * 1024));
-
-    let timedOut = false;
-    let aborted = false;
-    let killing: Promise<void> | undefined;
-    const kill = () => (killing ??= killTree(child.pid).catch(() => undefined));
-
-    const watchdog = setTimeout(() => {
-      timedOut = true;
-      void kill();
-    }, limits.timeoutMs);
-    const onAbort = () => {
-      aborted = true;
-      void kill();
-    };
-    if (signal.aborted) onAbort();
-    else signal.addEventListener('abort', onAbort, { once: true });
+    const guard = new RunGuard({ ...limits, kill: () => limits.killTree(child.pid) });
 
     // The job, then EOF. A runner that dies early closes stdin: ignore EPIPE.
     child.stdin!.on('error', () => undefined);
@@ -104,26 +78,23 @@ export function runProcess(
       spawnError = error.message;
       if (child.pid === undefined) {
         // Never started (e.g. the binary is missing): there is no 'exit' to wait for.
-        clearTimeout(watchdog);
-        signal.removeEventListener('abort', onAbort);
+        guard.stop();
         resolve(failedSpawn(error.message, elapsedMs()));
       }
     });
     child.on('exit', async (exitCode, exitSignal) => {
       const wallMs = elapsedMs();
-      clearTimeout(watchdog);
-      signal.removeEventListener('abort', onAbort);
+      guard.stop();
       // Whatever the runner left behind (daemons, grandchildren) dies with it.
-      await kill();
-      const drained = Promise.all([stdout.done, stderr.done, channel.done, ...extra.map((e) => e.done)]);
-      const drainTimer = new Promise<void>((r) => setTimeout(r, DRAIN_AFTER_KILL_MS).unref());
-      await Promise.race([drained, drainTimer]);
+      await guard.kill();
+      await drainWithin([stdout, stderr, channel, ...extra], DRAIN_AFTER_KILL_MS);
       for (const pipe of pipes.slice(1)) pipe?.destroy();
       resolve({
         exitCode,
         signal: exitSignal,
-        timedOut,
-        aborted,
+        timedOut: guard.timedOut,
+        aborted: guard.aborted,
+        exceeded: guard.exceeded,
         stdout: stdout.result(),
         stderr: stderr.result(),
         channel: readChannel(channel),
@@ -165,17 +136,5 @@ export function readChannel(capture: { overflowed: boolean; buffer(): Buffer }):
 }
 
 function failedSpawn(message: string, wallMs: number): ProcessResult {
-  const empty = { text: '', bytes: 0, truncated: false };
-  return {
-    exitCode: null,
-    signal: null,
-    timedOut: false,
-    aborted: false,
-    stdout: empty,
-    stderr: empty,
-    channel: { kind: 'empty' },
-    extra: [],
-    wallMs,
-    spawnError: message,
-  };
+  return { exitCode: null, signal: null, timedOut: false, aborted: false, stdout: EMPTY_TEXT, stderr: EMPTY_TEXT, channel: { kind: 'empty' }, extra: [], wallMs, spawnError: message };
 }

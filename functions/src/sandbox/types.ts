@@ -1,5 +1,6 @@
 /** The contract between the service and a sandbox mode. */
 import type { RunnerMessage } from '../schemas';
+import { EMPTY_TEXT } from './capture';
 
 export type SandboxMode = 'nsjail' | 'seccomp';
 
@@ -44,7 +45,11 @@ export interface RunReport {
 
 export interface Sandbox {
   readonly mode: SandboxMode;
+  /** warm: pre-forked, pre-confined interpreters; cold: a new interpreter per run. */
+  readonly path: 'warm' | 'cold';
   run(request: RunRequest): Promise<RunReport>;
+  /** Warm path: the children confined and waiting for a run, by slot. */
+  waiting?(): Array<{ slot: number; pid: number }>;
 }
 
 /** A run the service's usage sampler (usageWatch.ts) killed, and why. */
@@ -55,4 +60,9 @@ export interface LimitExceeded {
 
 export function withUsageNote(report: RunReport, exceeded: LimitExceeded | undefined): RunReport {
   return exceeded ? { ...report, exceeded, signal: report.signal ?? 'SIGKILL' } : report;
+}
+
+/** The report of a run whose sandbox could not start it: no output, no result. */
+export function failedRun(mode: SandboxMode, message: string, wallMs = 0): RunReport {
+  return { mode, channel: { kind: 'empty' }, exitCode: null, signal: null, timedOut: false, aborted: false, stdout: EMPTY_TEXT, stderr: EMPTY_TEXT, wallMs, sandboxFailure: message };
 }

@@ -10,36 +10,49 @@ import * as path from 'path';
 const WORLD_WRITABLE = ['/tmp', '/var/tmp', '/dev/shm'];
 
 /**
- * The pids whose /proc entry belongs to uid. Synchronous on purpose: a container has tens of
- * processes, and one blocking scan (well under a millisecond) is cheaper than a thread-pool round
- * trip per entry, on the path of every response.
+ * The pids of each of the given uids, from one walk of /proc. Synchronous on purpose: a container
+ * has tens of processes, and one blocking walk (well under a millisecond) is cheaper than a
+ * thread-pool round trip per entry, on the path of every answer and every sampler tick.
  */
-export async function processesOfUid(uid: number, options: { ignoreExiting?: boolean } = {}): Promise<number[]> {
-  const pids: number[] = [];
+export function pidsByUid(uids: Set<number>): Map<number, number[]> {
+  const found = new Map<number, number[]>();
   for (const entry of readdirSync('/proc')) {
     if (!/^\d+$/.test(entry)) continue;
     try {
-      if (statSync(`/proc/${entry}`).uid !== uid) continue;
-      if (options.ignoreExiting && isExiting(entry)) continue;
-      pids.push(Number(entry));
+      const { uid } = statSync(`/proc/${entry}`);
+      if (!uids.has(uid)) continue;
+      const list = found.get(uid) ?? [];
+      list.push(Number(entry));
+      found.set(uid, list);
     } catch {
       // exited while we looked
     }
   }
-  return pids;
+  return found;
+}
+
+/** The pids of the uid; with ignoreExiting, those that can still run code. */
+export function processesOfUid(uid: number, options: { ignoreExiting?: boolean } = {}): number[] {
+  const pids = pidsByUid(new Set([uid])).get(uid) ?? [];
+  return options.ignoreExiting ? pids.filter((pid) => !isExiting(pid)) : pids;
 }
 
 /** PF_EXITING in /proc/<pid>/stat's flags (field 9), or a zombie: it will run no more code. */
 const PF_EXITING = 0x4;
-function isExiting(pid: string): boolean {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+function isExiting(pid: number): boolean {
+  let stat: string;
+  try {
+    stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  } catch {
+    return true; // already gone
+  }
   const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
   return fields[0] === 'Z' || fields[0] === 'X' || (Number(fields[6]) & PF_EXITING) !== 0;
 }
 
 /** True when no process of the uid is left that could still run code. */
-export async function onlyExitingLeft(uid: number): Promise<boolean> {
-  return (await processesOfUid(uid, { ignoreExiting: true })).length === 0;
+export function onlyExitingLeft(uid: number): boolean {
+  return processesOfUid(uid, { ignoreExiting: true }).length === 0;
 }
 
 /**
@@ -49,7 +62,7 @@ export async function onlyExitingLeft(uid: number): Promise<boolean> {
  */
 export async function killAllOfUid(uid: number, options: { ignoreExiting?: boolean } = {}): Promise<void> {
   for (let attempt = 0; attempt < 20; attempt++) {
-    const left = await processesOfUid(uid, options);
+    const left = processesOfUid(uid, options);
     if (left.length === 0) return;
     if (attempt >= 2) await killAsUid(uid);
     for (const pid of left) {

@@ -9,12 +9,15 @@
  * A sampler can only notice what already happened: the overshoot is what a run allocates or
  * writes within one tick (TICK_MS), which docs/SECURITY.md states.
  */
-import { promises as fs, readdirSync, readFileSync, statSync } from 'fs';
+import { promises as fs, readFileSync } from 'fs';
 import * as path from 'path';
+import type { Config } from '../config';
 import type { LimitExceeded } from './types';
+import { pidsByUid } from './uidReaper';
 
 export const TICK_MS = 100;
 const PAGE = 4096;
+const MIB = 1024 * 1024;
 /** A run directory with more entries than this is treated as over its limit (inode exhaustion). */
 export const MAX_DIR_ENTRIES = 10000;
 
@@ -36,6 +39,11 @@ interface Watch {
 const watches = new Set<Watch>();
 let timer: NodeJS.Timeout | undefined;
 let busy = false;
+
+/** A run's limits from configuration: SCRIPT_MEMORY_MB for the uid, SCRIPT_TMP_MB for its directory. */
+export function runUsageLimits(config: Config, uid: number, dir?: string): UsageLimits {
+  return { uid, memoryBytes: config.scriptMemoryMb * MIB, ...(dir ? { dir, dirBytes: config.scriptTmpMb * MIB } : {}) };
+}
 
 /** Starts watching a run; returns the function that stops it. */
 export function watchUsage(limits: UsageLimits, onExceeded: (reason: LimitExceeded) => void): () => void {
@@ -60,7 +68,7 @@ async function tick(): Promise<void> {
   try {
     const live = [...watches].filter((w) => !w.fired);
     if (live.length === 0) return;
-    const byUid = await pidsByUid(new Set(live.map((w) => w.limits.uid)));
+    const byUid = pidsByUid(new Set(live.map((w) => w.limits.uid)));
     await Promise.all(live.map((watch) => check(watch, byUid.get(watch.limits.uid) ?? [])));
   } catch {
     // a failed sample is skipped; the next tick tries again
@@ -76,7 +84,7 @@ async function check(watch: Watch, pids: number[]): Promise<void> {
     watch.fired = true;
     watch.onExceeded(reason);
   };
-  if (pids.length > 0 && (await anonymousBytes(pids)) > limits.memoryBytes && (await pssBytes(pids)) > limits.memoryBytes) {
+  if (pids.length > 0 && anonymousBytes(pids) > limits.memoryBytes && pssBytes(pids) > limits.memoryBytes) {
     fire({ kind: 'memory', message: `the run's processes together used more than its memory limit of ${limits.memoryBytes >> 20} MiB; all were killed` });
     return;
   }
@@ -87,30 +95,8 @@ async function check(watch: Watch, pids: number[]): Promise<void> {
   }
 }
 
-/*
- * The /proc reads below are synchronous on purpose: one walk of a container's tens of processes
- * takes well under a millisecond, where a thread-pool round trip per entry took tens of them
- * and, on a loaded host, let a run overshoot its limit for seconds.
- */
-async function pidsByUid(uids: Set<number>): Promise<Map<number, number[]>> {
-  const found = new Map<number, number[]>();
-  for (const entry of readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const { uid } = statSync(`/proc/${entry}`);
-      if (!uids.has(uid)) continue;
-      const list = found.get(uid) ?? [];
-      list.push(Number(entry));
-      found.set(uid, list);
-    } catch {
-      // exited while we looked
-    }
-  }
-  return found;
-}
-
 /** statm: resident minus file-backed and shmem pages. Cheap; counts copy-on-write pages once per process. */
-async function anonymousBytes(pids: number[]): Promise<number> {
+function anonymousBytes(pids: number[]): number {
   let total = 0;
   for (const pid of pids) {
     try {
@@ -124,7 +110,7 @@ async function anonymousBytes(pids: number[]): Promise<number> {
 }
 
 /** Proportional set size: pages shared between forked processes count once in total. */
-async function pssBytes(pids: number[]): Promise<number> {
+function pssBytes(pids: number[]): number {
   let total = 0;
   for (const pid of pids) {
     try {

@@ -4,9 +4,10 @@
  * child can neither reach it (Landlock) nor connect anywhere (seccomp). Each connection starts
  * with "<token> <stream>\n" and is handed to whoever waits for that token.
  */
-import { promises as fs, rmSync } from 'fs';
+import { promises as fs } from 'fs';
 import * as net from 'net';
 import * as path from 'path';
+import { readLine } from './readLine';
 
 export type StreamName = 'stdout' | 'stderr' | 'result';
 const STREAMS: StreamName[] = ['stdout', 'stderr', 'result'];
@@ -36,7 +37,6 @@ export class ChannelServer {
       this.server!.listen(this.socketPath, () => resolve());
     });
     await fs.chmod(this.socketPath, 0o600);
-    process.once('exit', () => rmSync(dir, { recursive: true, force: true }));
   }
 
   /** Resolves with the three streams of the child announced under this token. */
@@ -51,31 +51,22 @@ export class ChannelServer {
   }
 
   private accept(socket: net.Socket): void {
-    let header = Buffer.alloc(0);
-    const onData = (chunk: Buffer) => {
-      header = Buffer.concat([header, chunk]);
-      const newline = header.indexOf(0x0a);
-      if (newline < 0) {
-        if (header.length > HEADER_MAX) socket.destroy();
-        return;
-      }
-      socket.off('data', onData);
-      socket.pause();
-      const rest = header.subarray(newline + 1);
-      if (rest.length) socket.unshift(rest);
-      const [token, stream] = header.subarray(0, newline).toString('utf8').split(' ');
-      const entry = this.waiting.get(token);
-      if (!entry || !STREAMS.includes(stream as StreamName) || entry.streams[stream as StreamName]) {
-        socket.destroy();
-        return;
-      }
-      entry.streams[stream as StreamName] = socket;
-      if (STREAMS.every((name) => entry.streams[name])) {
-        this.waiting.delete(token);
-        entry.resolve(entry.streams as ChildStreams);
-      }
-    };
-    socket.on('data', onData);
     socket.on('error', () => socket.destroy());
+    readLine(socket, HEADER_MAX).then(
+      (header) => {
+        const [token, stream] = header.split(' ');
+        const entry = this.waiting.get(token);
+        if (!entry || !STREAMS.includes(stream as StreamName) || entry.streams[stream as StreamName]) {
+          socket.destroy();
+          return;
+        }
+        entry.streams[stream as StreamName] = socket;
+        if (STREAMS.every((name) => entry.streams[name])) {
+          this.waiting.delete(token);
+          entry.resolve(entry.streams as ChildStreams);
+        }
+      },
+      () => socket.destroy(),
+    );
   }
 }

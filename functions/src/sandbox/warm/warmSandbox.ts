@@ -6,24 +6,23 @@
  * processes are killed and its files removed before the slot gets its next child.
  */
 import { randomUUID } from 'crypto';
-import { promises as fs, rmSync } from 'fs';
-import type * as net from 'net';
 import * as path from 'path';
 import type { Config } from '../../config';
 import type { Logger } from '../../logging';
-import { CappedCapture } from '../capture';
-import { channelMaxBytes, PROC_SELF_ONLY, runnerJobSpec, sandboxEnvironment } from '../job';
-import { readChannel } from '../processRun';
-import type { RunReport, RunRequest, Sandbox } from '../types';
-import { withUsageNote, type LimitExceeded } from '../types';
+import { CappedCapture, drainWithin } from '../capture';
+import type { SandboxFiles } from '../files';
+import { channelMaxBytes, hostRunnerPaths, runnerJobSpec, sandboxEnvironment } from '../job';
+import { DRAIN_AFTER_KILL_MS, readChannel } from '../processRun';
+import { makeRunDir, removeRunDir } from '../workRoot';
+import { RunGuard } from '../runGuard';
+import { failedRun, withUsageNote, type RunReport, type RunRequest, type Sandbox } from '../types';
 import { killAllOfUid, onlyExitingLeft, removeFilesOfUid } from '../uidReaper';
-import { watchUsage } from '../usageWatch';
+import { runUsageLimits } from '../usageWatch';
 import { ChannelServer, type ChildStreams } from './channelServer';
+import { readLine } from './readLine';
 import { Zygote, type ChildExit } from './zygote';
 
 const PREPARE_TIMEOUT_MS = 15000;
-const MIB = 1024 * 1024;
-const DRAIN_AFTER_EXIT_MS = 2000;
 
 interface WarmChild {
   token: string;
@@ -40,23 +39,22 @@ export class WarmSandbox implements Sandbox {
   readonly path = 'warm' as const;
   private readonly prepared = new Map<number, Promise<WarmChild>>();
   private readonly ready = new Map<number, WarmChild>();
-  /** Directories of children not yet cleaned up: removed when the service exits, whatever the children were doing. */
-  private readonly workdirs = new Set<string>();
   private readonly channels: ChannelServer;
   private readonly zygote: Zygote;
 
-  constructor(private readonly config: Config, logger?: Logger) {
+  constructor(
+    private readonly config: Config,
+    private readonly files: SandboxFiles,
+    logger?: Logger,
+  ) {
     this.channels = new ChannelServer(path.join(config.workRoot, `warm-${process.pid}`, 'channels.sock'));
-    this.zygote = new Zygote(config, this.channels.socketPath, logger);
+    this.zygote = new Zygote(config, files, this.channels.socketPath, logger);
     this.zygote.onLost = (token) => this.channels.forget(token);
   }
 
   async start(): Promise<void> {
     if (process.getuid?.() !== 0) throw new Error('the warm pool needs root (to give each child its own uid)');
     await this.channels.start();
-    process.once('exit', () => {
-      for (const dir of this.workdirs) rmSync(dir, { recursive: true, force: true });
-    });
     await this.zygote.start();
     for (let slot = 0; slot < Math.min(this.config.warmPoolSize, this.config.maxConcurrentRuns); slot++) this.refill(slot);
   }
@@ -77,7 +75,7 @@ export class WarmSandbox implements Sandbox {
       child = await this.take(request.slot);
     } catch (error) {
       this.refill(request.slot);
-      return failure(`the warm sandbox could not prepare a child: ${(error as Error).message}`);
+      return failedRun('seccomp', `the warm sandbox could not prepare a child: ${(error as Error).message}`);
     }
     try {
       return await this.execute(child, request);
@@ -86,8 +84,7 @@ export class WarmSandbox implements Sandbox {
       // files are gone. After it, the slot's next child waits for the zygote to have reaped
       // this one (its address space torn down) and for a last sweep of the uid.
       await removeFilesOfUid(uid);
-      await fs.rm(child.workdir, { recursive: true, force: true });
-      this.workdirs.delete(child.workdir);
+      await removeRunDir(child.workdir);
       const settled = child.exited.then(() => killAllOfUid(uid));
       this.refill(request.slot, settled);
     }
@@ -124,26 +121,16 @@ export class WarmSandbox implements Sandbox {
 
   private async discard(child: WarmChild): Promise<void> {
     await killAllOfUid(child.uid);
-    await fs.rm(child.workdir, { recursive: true, force: true });
-    this.workdirs.delete(child.workdir);
+    await removeRunDir(child.workdir);
   }
 
   private async prepare(slot: number): Promise<WarmChild> {
     await this.zygote.start();
     const uid = this.config.sandboxUidBase + slot;
-    await fs.mkdir(this.config.workRoot, { recursive: true, mode: 0o711 });
-    const workdir = await fs.mkdtemp(path.join(this.config.workRoot, `run-${slot}-`));
-    this.workdirs.add(workdir);
-    await fs.chown(workdir, uid, uid);
-    await fs.chmod(workdir, 0o700);
+    const workdir = await makeRunDir(this.config.workRoot, slot, uid);
     const token = randomUUID();
     const streams = this.channels.expect(token);
-    const spec = runnerJobSpec(this.config, {
-      workdir,
-      runnerDir: path.join(this.config.sandboxDir, 'runner'),
-      policyFile: path.join(this.config.sandboxDir, 'seccomp-policy.json'),
-      procPaths: PROC_SELF_ONLY,
-    });
+    const spec = runnerJobSpec(this.config, hostRunnerPaths(this.files, workdir));
     const { exited, pid } = this.zygote.prefork({ token, uid, workdir, environment: sandboxEnvironment(workdir), limits: spec.limits, confine: spec.confine });
     const child: Partial<WarmChild> = { token, uid, workdir, exited, dead: false };
     void exited.then(() => (child.dead = true));
@@ -160,13 +147,12 @@ export class WarmSandbox implements Sandbox {
     try {
       child.streams = await Promise.race([streams, died, timeout]);
       child.pid = await Promise.race([pid, died, timeout]);
-      const line = await Promise.race([readLine(child.streams.result), died, timeout]);
+      const line = await Promise.race([readLine(child.streams.result, 100), died, timeout]);
       if (line !== 'ready') throw new Error(`unexpected greeting ${JSON.stringify(line.slice(0, 40))}`);
     } catch (error) {
       this.channels.forget(token);
       await killAllOfUid(uid);
-      await fs.rm(workdir, { recursive: true, force: true });
-      this.workdirs.delete(workdir);
+      await removeRunDir(workdir);
       throw error;
     } finally {
       clearTimeout(timer);
@@ -183,29 +169,12 @@ export class WarmSandbox implements Sandbox {
       result: new CappedCapture(result, channelMaxBytes(this.config)),
     };
     for (const socket of [stdout, stderr, result]) socket.resume();
-
-    let timedOut = false;
-    let aborted = false;
-    const kill = () => void killAllOfUid(child.uid);
-    // The same aggregate memory and directory-size watch as the cold path.
-    let exceeded: LimitExceeded | undefined;
-    const stopWatch = watchUsage(
-      { uid: child.uid, memoryBytes: this.config.scriptMemoryMb * MIB, dir: child.workdir, dirBytes: this.config.scriptTmpMb * MIB },
-      (reason) => {
-        exceeded = reason;
-        kill();
-      },
-    );
-    const watchdog = setTimeout(() => {
-      timedOut = true;
-      kill();
-    }, this.config.scriptTimeoutMs);
-    const onAbort = () => {
-      aborted = true;
-      kill();
-    };
-    if (request.signal.aborted) onAbort();
-    else request.signal.addEventListener('abort', onAbort, { once: true });
+    const guard = new RunGuard({
+      timeoutMs: this.config.scriptTimeoutMs,
+      signal: request.signal,
+      usage: runUsageLimits(this.config, child.uid, child.workdir),
+      kill: () => killAllOfUid(child.uid),
+    });
 
     result.on('error', () => undefined);
     result.end(JSON.stringify({ script: request.script, args: request.args, result_max_bytes: this.config.resultMaxBytes }));
@@ -217,70 +186,31 @@ export class WarmSandbox implements Sandbox {
     let exit = first.exit;
     let nothingLeft = false;
     if (!exit) {
-      nothingLeft = readChannel(captures.result).kind === 'message' && (await onlyExitingLeft(child.uid));
+      nothingLeft = readChannel(captures.result).kind === 'message' && onlyExitingLeft(child.uid);
       exit = nothingLeft ? { code: 0, signal: null } : await child.exited;
     }
     const wallMs = Number(process.hrtime.bigint() - started) / 1e6;
-    clearTimeout(watchdog);
-    stopWatch();
-    request.signal.removeEventListener('abort', onAbort);
+    guard.stop();
     if (!nothingLeft) await killAllOfUid(child.uid, { ignoreExiting: true }); // descendants that outlived the child
-    await Promise.race([closed, new Promise((r) => setTimeout(r, DRAIN_AFTER_EXIT_MS).unref())]);
+    await drainWithin(Object.values(captures), DRAIN_AFTER_KILL_MS);
     for (const socket of [stdout, stderr, result]) socket.destroy();
     const channel = readChannel(captures.result);
-    if (exit.lost && channel.kind !== 'message' && !timedOut && !aborted) {
-      return failure("the warm pool's zygote died during the run, and the run with it; it is being restarted");
+    if (exit.lost && channel.kind !== 'message' && !guard.timedOut && !guard.aborted) {
+      return failedRun('seccomp', "the warm pool's zygote died during the run, and the run with it; it is being restarted");
     }
-    return withUsageNote({
-      mode: 'seccomp',
-      channel,
-      exitCode: exit.code,
-      signal: exit.signal,
-      timedOut,
-      aborted,
-      stdout: captures.stdout.result(),
-      stderr: captures.stderr.result(),
-      wallMs,
-    }, exceeded);
+    return withUsageNote(
+      {
+        mode: 'seccomp',
+        channel,
+        exitCode: exit.code,
+        signal: exit.signal,
+        timedOut: guard.timedOut,
+        aborted: guard.aborted,
+        stdout: captures.stdout.result(),
+        stderr: captures.stderr.result(),
+        wallMs,
+      },
+      guard.exceeded,
+    );
   }
-}
-
-/** Reads one "\n"-terminated line from a paused socket and puts back what follows it. */
-function readLine(socket: net.Socket): Promise<string> {
-  return new Promise((resolve, reject) => {
-    let buffer = Buffer.alloc(0);
-    const onData = (chunk: Buffer) => {
-      buffer = Buffer.concat([buffer, chunk]);
-      const newline = buffer.indexOf(0x0a);
-      if (newline < 0) {
-        if (buffer.length > 100) finish(new Error('no greeting line'));
-        return;
-      }
-      socket.off('data', onData);
-      socket.pause();
-      const rest = buffer.subarray(newline + 1);
-      if (rest.length) socket.unshift(rest);
-      cleanup();
-      resolve(buffer.subarray(0, newline).toString('utf8'));
-    };
-    const onEnd = () => finish(new Error('the child closed its result stream during set-up'));
-    const cleanup = () => {
-      socket.off('data', onData);
-      socket.off('end', onEnd);
-      socket.off('close', onEnd);
-    };
-    const finish = (error: Error) => {
-      cleanup();
-      reject(error);
-    };
-    socket.on('data', onData);
-    socket.on('end', onEnd);
-    socket.on('close', onEnd);
-    socket.resume();
-  });
-}
-
-function failure(message: string): RunReport {
-  const empty = { text: '', bytes: 0, truncated: false };
-  return { mode: 'seccomp', channel: { kind: 'empty' }, exitCode: null, signal: null, timedOut: false, aborted: false, stdout: empty, stderr: empty, wallMs: 0, sandboxFailure: message };
 }

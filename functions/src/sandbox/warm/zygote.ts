@@ -6,6 +6,7 @@ import { spawn, type ChildProcessWithoutNullStreams } from 'child_process';
 import * as path from 'path';
 import type { Config } from '../../config';
 import type { Logger } from '../../logging';
+import type { SandboxFiles } from '../files';
 import { sandboxEnvironment } from '../job';
 
 export interface ChildExit {
@@ -42,16 +43,16 @@ export class Zygote {
 
   constructor(
     private readonly config: Config,
+    private readonly files: SandboxFiles,
     private readonly socketPath: string,
     private readonly logger: Logger | undefined,
   ) {}
 
   start(): Promise<void> {
     if (this.ready) return this.ready;
-    const runnerDir = path.join(this.config.sandboxDir, 'runner');
     const child = spawn(
       this.config.sandboxPython,
-      ['-I', '-B', '-u', path.join(runnerDir, 'zygote.py'), this.socketPath, path.join(this.config.sandboxDir, 'seccomp-policy.json'), String(this.config.zygoteMemoryMb)],
+      ['-I', '-B', '-u', path.join(this.files.runnerDir, 'zygote.py'), this.socketPath, this.files.policyFile, String(this.config.zygoteMemoryMb)],
       { env: sandboxEnvironment('/nonexistent'), cwd: '/', stdio: ['pipe', 'pipe', 'pipe'] },
     );
     this.process = child;
