@@ -230,13 +230,16 @@ async function main() {
   const modes = ['seccomp'];
   if (findNsjail()) modes.push('nsjail');
   else console.error('bench: no nsjail binary (NSJAIL_PATH or PATH): nsjail mode not measured');
-  // The warm path exists for seccomp mode only; nsjail mode is measured cold.
-  const variants = modes.flatMap((mode) => (mode === 'seccomp' ? ['cold', 'warm'] : ['cold']).map((pathName) => ({ mode, path: pathName })));
+  const variants = modes.flatMap((mode) => ['cold', 'warm'].map((pathName) => ({ mode, path: pathName })));
   const budget = QUICK ? { minRequests: 5, seconds: 1 } : { minRequests: 8, seconds: 2.5 };
   const report = { machine: machine(), rounds, paths: ['cold', 'warm'], capacity: 0, rows: [], ratios: [] };
   const services = [];
   try {
-    for (const variant of variants) services.push({ ...variant, service: await startService(variant.mode, variant.path, {}) });
+    // Each service has run uids of its own: a run's cleanup kills every process of its uid, which
+    // must never be another service's (waiting) child.
+    for (const [i, variant] of variants.entries()) {
+      services.push({ ...variant, service: await startService(variant.mode, variant.path, { SANDBOX_UID_BASE: String(60000 + 1000 * i) }) });
+    }
     report.capacity = services[0].service.capacity;
     // Twice the run slots in flight keeps every slot busy while finished runs are cleaned up.
     const levels = [1, 2 * report.capacity];
@@ -293,7 +296,7 @@ async function main() {
 }
 
 function variantOrder(row) {
-  return ['seccomp|cold', 'seccomp|warm', 'nsjail|cold'].indexOf(`${row.mode}|${row.path}`);
+  return ['seccomp|cold', 'seccomp|warm', 'nsjail|cold', 'nsjail|warm'].indexOf(`${row.mode}|${row.path}`);
 }
 
 main().catch((error) => {

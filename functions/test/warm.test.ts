@@ -4,14 +4,14 @@
  * attack suite, which the "warm" project runs on this path too.
  */
 import { promises as fs } from 'fs';
-import { execute, pathUnderTest, py, request, startService, type RunningService } from './helpers/service';
+import { execute, pathUnderTest, py, request, sandboxModes, startService, type RunningService } from './helpers/service';
 
-const describeWarm = pathUnderTest() === 'warm' ? describe : describe.skip;
+const describeWarm = pathUnderTest() === 'warm' ? describe.each(sandboxModes()) : describe.skip.each(['seccomp']);
 
-describeWarm('warm path', () => {
+describeWarm('warm path in %s mode', (mode) => {
   let service: RunningService;
   beforeAll(async () => {
-    service = await startService({ MAX_CONCURRENT_RUNS: '2', WARM_POOL_SIZE: '2' }, 'seccomp');
+    service = await startService({ MAX_CONCURRENT_RUNS: '2', WARM_POOL_SIZE: '2' }, mode);
   });
   afterAll(async () => {
     await service?.stop();
@@ -26,25 +26,34 @@ describeWarm('warm path', () => {
     throw new Error('the pool did not refill');
   }
 
+  const parentOf = async (pid: number | string): Promise<number> =>
+    Number((await fs.readFile(`/proc/${pid}/stat`, 'utf8').catch(() => ') X 0')).split(') ')[1].split(' ')[1]);
+
+  /** The zygote: the zygote.py process whose parent is the service (seccomp) or its nsjail (nsjail). */
   async function zygotePids(): Promise<number[]> {
     const found: number[] = [];
     for (const entry of await fs.readdir('/proc')) {
       if (!/^\d+$/.test(entry)) continue;
       const cmdline = await fs.readFile(`/proc/${entry}/cmdline`, 'utf8').catch(() => '');
-      if (cmdline.includes('zygote.py') && cmdline.includes(`warm-${service.process.pid}/`)) found.push(Number(entry));
+      if (!cmdline.includes('zygote.py')) continue;
+      // Children of the zygote share its command line; their parent is the zygote itself.
+      const parent = await parentOf(entry);
+      const launcher = mode === 'nsjail' ? await parentOf(parent) : parent;
+      if (launcher === service.process.pid) found.push(Number(entry));
     }
-    // Children of the zygote share its command line; the zygote is the one whose parent is the service.
-    const parents = await Promise.all(found.map(async (pid) => Number((await fs.readFile(`/proc/${pid}/stat`, 'utf8')).split(') ')[1].split(' ')[1])));
-    return found.filter((_, i) => parents[i] === service.process.pid);
+    return found;
   }
 
   test('health lists the waiting children; a run uses one and it is replaced by a new one', async () => {
     const before = await waitingChildren(2);
     const answer = await execute(service, py('import os', 'def main():', '    return os.getpid()'));
     expect(answer.status).toBe(200);
-    expect(before.map((c) => c.pid)).toContain(answer.body.result);
     const after = await waitingChildren(2);
-    expect(after.map((c) => c.pid)).not.toContain(answer.body.result);
+    const used = before.filter((child) => !after.some((other) => other.pid === child.pid));
+    expect(used).toHaveLength(1);
+    await expect(fs.stat(`/proc/${used[0].pid}`)).rejects.toThrow(); // it ran once and is gone
+    // seccomp mode: the script saw that child's pid; nsjail mode: it is PID 1 of its own pid namespace.
+    expect(answer.body.result).toBe(mode === 'nsjail' ? 1 : used[0].pid);
   });
 
   test('each run gets a fresh child: module state never carries over', async () => {

@@ -1,19 +1,23 @@
 """The warm-pool zygote: an interpreter with the runner, numpy and pandas already imported, which
 forks one child per run ahead of demand. It never runs user code and never sees a script.
 
-Started by the service (as root, with the sandbox's environment allow-list) as
+Started by the service with the sandbox's environment allow-list, as
     python3 -I -B -u zygote.py <channel-socket-path> <seccomp-policy-path> <memory-mb>
+seccomp mode: as root on the host. nsjail mode: as root of zygote.cfg's jail (a user namespace),
+with only the capabilities forking jailed children takes.
 
 Control protocol, one JSON object per line:
-  stdin  (service -> zygote)  {"op": "prefork", "token", "uid", "workdir", "limits", "confine"}
+  stdin  (service -> zygote)  {"op": "prefork", "token", "uid", "workdir", "environment", "limits",
+                               "confine", "namespaces"?: {"mounts": [...]}}
   stdout (zygote -> service)  {"event": "started", "pid"}          once, when preloading is done
-                              {"event": "forked", "token", "pid"}
                               {"event": "exit", "token", "code", "signal"}
-Each child, while still root, connects three times to the service's Unix socket (a root-only
-directory) and announces "<token> <stream>\n" on each: stdout, stderr and result. It then becomes
-the run's uid, enters its private directory, resets its environment, and applies exactly the cold
-path's confinement (rlimits, no_new_privs, Landlock, seccomp) before saying "ready\n" on the result
-connection. Only then does the service send the job (script and args) on that same connection, so
+Each child, while still privileged, connects three times to the service's Unix socket (a
+directory only root, or in nsjail mode the zygote's uid, can enter) and announces
+"<token> <stream>\n" on each: stdout, stderr and result. With "namespaces" (nsjail mode) it is
+PID 1 of a new pid namespace and enters new mount, ipc and network namespaces with its own /proc,
+/tmp and /dev/shm (namespaces.py). It then becomes the run's uid, enters its directory, resets its
+environment, and applies exactly the cold path's confinement (rlimits, no_new_privs, Landlock,
+seccomp) before saying "ready\n" on the result connection. Only then does the service send the job (script and args) on that same connection, so
 scripts, arguments and results never pass through the zygote's memory, which later children
 inherit.
 """
@@ -29,6 +33,7 @@ sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import confine  # noqa: E402
+import namespaces  # noqa: E402
 import runner  # noqa: E402
 
 PR_SET_PDEATHSIG = 1
@@ -82,6 +87,8 @@ def child(command, channel_path, compiled, preload_bytes):
         os.dup2(out, 1)
         os.dup2(err, 2)
         result_fd = runner.take_channel_fd(res)
+        if command.get("namespaces"):
+            namespaces.enter_fresh_namespaces(command["namespaces"])
 
         os.setgroups([])
         os.setgid(uid)
@@ -149,6 +156,7 @@ def main():
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
     tokens = {}  # pid -> token of children forked for runs
+    pid_namespaces = None  # nsjail mode: made at the first child that asks for namespaces
     emit({"event": "started", "pid": os.getpid(), "preload_bytes": preload_bytes})
     pending = b""
     while True:
@@ -170,11 +178,18 @@ def main():
                 command = json.loads(line)
                 if command.get("op") != "prefork":
                     continue
-                pid = os.fork()
+                try:
+                    if command.get("namespaces"):
+                        pid_namespaces = pid_namespaces or namespaces.PidNamespaces()
+                        pid_namespaces.next_child_in_new_namespace()
+                    pid = os.fork()
+                except OSError as exc:
+                    os.write(2, f"cannot fork a child: {exc}\n".encode())
+                    emit({"event": "exit", "token": command["token"], "code": EXIT_SETUP_FAILED, "signal": None})
+                    continue
                 if pid == 0:
                     child(command, channel_path, compiled, preload_bytes)
                 tokens[pid] = command["token"]
-                emit({"event": "forked", "token": command["token"], "pid": pid})
 
 
 def reap(tokens):

@@ -15,8 +15,10 @@ export interface SandboxFiles {
   dir: string;
   runnerDir: string;
   policyFile: string;
-  /** nsjail's config template, read by the service (root) only. */
-  nsjailTemplate: string;
+  /** nsjail's config templates (sandbox-image/nsjail/), read by the service (root) only. */
+  nsjailDir: string;
+  /** The warm path's socket directory: created by its channel server, bound into the zygote's jail. */
+  warmDir: string;
 }
 
 export async function stageSandboxFiles(config: Config): Promise<SandboxFiles> {
@@ -35,5 +37,11 @@ export async function stageSandboxFiles(config: Config): Promise<SandboxFiles> {
   const policyFile = path.join(dir, 'seccomp-policy.json');
   await fs.copyFile(path.join(config.sandboxDir, 'seccomp-policy.json'), policyFile);
   await fs.chmod(policyFile, 0o644);
-  return { dir, runnerDir, policyFile, nsjailTemplate: path.join(config.sandboxDir, 'nsjail', 'python.cfg') };
+  return {
+    dir,
+    runnerDir,
+    policyFile,
+    nsjailDir: path.join(config.sandboxDir, 'nsjail'),
+    warmDir: path.join(config.workRoot, `warm-${process.pid}`),
+  };
 }

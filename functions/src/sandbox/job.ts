@@ -63,6 +63,18 @@ export function hostRunnerPaths(files: SandboxFiles, workdir: string): RunnerPat
   return { workdir, runnerDir: files.runnerDir, policyFile: files.policyFile, procPaths: PROC_SELF_ONLY };
 }
 
+/** Paths inside a jail, as sandbox-image/nsjail/*.cfg mount them. */
+export const JAIL_WORKDIR = '/tmp';
+export const JAIL_RUNNER_DIR = '/sandbox/runner';
+export const JAIL_POLICY_FILE = '/sandbox/seccomp-policy.json';
+/** zygote.cfg binds the warm path's socket directory (SandboxFiles.warmDir) here. */
+export const JAIL_WARM_DIR = '/sandbox/warm';
+
+/** The runner's paths inside a jail (nsjail mode, cold and warm): python.cfg's and zygote.cfg's mounts. */
+export function jailRunnerPaths(): RunnerPaths {
+  return { workdir: JAIL_WORKDIR, runnerDir: JAIL_RUNNER_DIR, policyFile: JAIL_POLICY_FILE, extraWritePaths: ['/dev/shm'], procPaths: ['/proc'] };
+}
+
 /** Limits and confinement of a run: everything the runner gets except the script and its args. */
 export function runnerJobSpec(config: Config, paths: RunnerPaths) {
   return {

@@ -1,15 +1,43 @@
-/** Renders sandbox-image/nsjail/python.cfg: its {{NAME}} placeholders come from configuration. */
+/**
+ * Renders the jails of sandbox-image/nsjail/: python.cfg (a cold run) and zygote.cfg (the warm
+ * pool's zygote), each with filesystem.cfg in place of {{FILESYSTEM}} and every other {{NAME}}
+ * from configuration.
+ */
 import { promises as fs } from 'fs';
 import * as path from 'path';
 import type { Config } from '../config';
 import type { SandboxFiles } from './files';
-import { sandboxEnvironment } from './job';
+import { JAIL_WORKDIR, sandboxEnvironment } from './job';
 
-export const JAIL_WORKDIR = '/tmp';
-export const JAIL_RUNNER_DIR = '/sandbox/runner';
-export const JAIL_POLICY_FILE = '/sandbox/seccomp-policy.json';
+export interface NsjailConfigFiles {
+  /** The jail of one cold run. */
+  run: string;
+  /** The jail of the warm pool's zygote. */
+  zygote: string;
+}
 
-export function renderNsjailConfig(template: string, config: Config, sandboxDir: string): string {
+export interface WarmChildMount {
+  target: string;
+  fstype: string;
+  options: string;
+  flags: Array<'ro' | 'nosuid' | 'nodev' | 'noexec'>;
+}
+
+/**
+ * What a warm child mounts in its own mount namespace: the same /proc, /tmp and /dev/shm that
+ * python.cfg gives a cold run (a test holds the two to the same options), owned by the run's
+ * uid as a cold run's are.
+ */
+export function warmChildMounts(config: Config, uid: number): WarmChildMount[] {
+  const owner = `uid=${uid},gid=${uid}`;
+  return [
+    { target: '/proc', fstype: 'proc', options: '', flags: ['ro', 'nosuid', 'nodev', 'noexec'] },
+    { target: JAIL_WORKDIR, fstype: 'tmpfs', options: `size=${config.scriptTmpMb}m,nr_inodes=10000,mode=1777,${owner}`, flags: ['nosuid', 'nodev'] },
+    { target: '/dev/shm', fstype: 'tmpfs', options: `size=16m,nr_inodes=1000,mode=1777,${owner}`, flags: ['nosuid', 'nodev', 'noexec'] },
+  ];
+}
+
+export function renderNsjailConfig(template: string, config: Config, files: Pick<SandboxFiles, 'dir' | 'warmDir'>, filesystem = ''): string {
   const envars = Object.entries(sandboxEnvironment(JAIL_WORKDIR))
     .map(([key, value]) => `envar: ${JSON.stringify(`${key}=${value}`)}`)
     .join('\n');
@@ -17,23 +45,29 @@ export function renderNsjailConfig(template: string, config: Config, sandboxDir:
     TIME_LIMIT_S: String(Math.ceil(config.scriptTimeoutMs / 1000) + 1),
     CPU_S: String(Math.ceil(config.scriptTimeoutMs / 1000)),
     MEMORY_MB: String(config.scriptMemoryMb),
+    ZYGOTE_MEMORY_MB: String(config.zygoteMemoryMb),
     FILE_MB: String(config.scriptMaxFileMb),
     OPEN_FILES: String(config.scriptMaxOpenFiles),
     PROCESSES: String(config.scriptMaxProcesses),
     TMP_MB: String(config.scriptTmpMb),
-    SANDBOX_DIR: sandboxDir,
+    SANDBOX_DIR: files.dir,
+    WARM_DIR: files.warmDir,
     ENVARS: envars,
   };
-  return template.replace(/\{\{([A-Z_]+)\}\}/g, (match, name: string) => {
-    if (!(name in values)) throw new Error(`unknown placeholder ${match} in the nsjail config`);
-    return values[name];
-  });
+  const substitute = (text: string): string =>
+    text.replace(/\{\{([A-Z_]+)\}\}/g, (match, name: string) => {
+      if (!(name in values)) throw new Error(`unknown placeholder ${match} in the nsjail config`);
+      return values[name];
+    });
+  return substitute(template.replace('{{FILESYSTEM}}', () => filesystem));
 }
 
-/** Writes the rendered config (binding the staged runner and policy) where only root can read it. */
-export async function writeNsjailConfig(config: Config, files: SandboxFiles): Promise<string> {
-  const template = await fs.readFile(files.nsjailTemplate, 'utf8');
-  const target = path.join(files.dir, 'nsjail.cfg');
-  await fs.writeFile(target, renderNsjailConfig(template, config, files.dir), { mode: 0o600 });
-  return target;
+/** Writes both rendered configs (binding the staged runner and policy) where only root can read them. */
+export async function writeNsjailConfigs(config: Config, files: SandboxFiles): Promise<NsjailConfigFiles> {
+  const read = (name: string) => fs.readFile(path.join(files.nsjailDir, name), 'utf8');
+  const filesystem = await read('filesystem.cfg');
+  const written = { run: path.join(files.dir, 'nsjail.cfg'), zygote: path.join(files.dir, 'zygote.cfg') };
+  await fs.writeFile(written.run, renderNsjailConfig(await read('python.cfg'), config, files, filesystem), { mode: 0o600 });
+  await fs.writeFile(written.zygote, renderNsjailConfig(await read('zygote.cfg'), config, files, filesystem), { mode: 0o600 });
+  return written;
 }

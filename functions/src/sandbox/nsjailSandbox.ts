@@ -1,10 +1,9 @@
 /**
- * nsjail mode: one jail per run from the rendered python.cfg. The runner inside still applies
+ * nsjail mode: one jail per cold run from the rendered python.cfg. The runner inside still applies
  * the same seccomp policy and Landlock on top of the namespaces.
  */
 import type { Config } from '../config';
-import { channelMaxBytes, runnerArgv, runnerJob } from './job';
-import { JAIL_POLICY_FILE, JAIL_RUNNER_DIR, JAIL_WORKDIR } from './nsjailConfig';
+import { channelMaxBytes, JAIL_RUNNER_DIR, jailRunnerPaths, runnerArgv, runnerJob } from './job';
 import { runProcess } from './processRun';
 import type { RunReport, RunRequest, Sandbox } from './types';
 import { withUsageNote } from './types';
@@ -30,12 +29,7 @@ export class NsjailSandbox implements Sandbox {
 
   async run(request: RunRequest): Promise<RunReport> {
     const outsideId = this.isRoot ? this.config.sandboxUidBase + request.slot : process.getuid!();
-    const job = runnerJob(
-      this.config,
-      { workdir: JAIL_WORKDIR, runnerDir: JAIL_RUNNER_DIR, policyFile: JAIL_POLICY_FILE, extraWritePaths: ['/dev/shm'], procPaths: ['/proc'] },
-      request.script,
-      request.args,
-    );
+    const job = runnerJob(this.config, jailRunnerPaths(), request.script, request.args);
     const args = [
       '--config', this.options.configFile,
       '--user', `${INSIDE_ID}:${outsideId}:1`,

@@ -8,9 +8,10 @@ import * as path from 'path';
 import type { Config } from '../config';
 import { NsjailSandbox } from './nsjailSandbox';
 import { stageSandboxFiles, type SandboxFiles } from './files';
-import { writeNsjailConfig } from './nsjailConfig';
+import { writeNsjailConfigs } from './nsjailConfig';
 import { SeccompSandbox } from './seccompSandbox';
 import type { RunReport, Sandbox, SandboxMode } from './types';
+import { nsjailBoundary, seccompBoundary, type WarmBoundary } from './warm/boundary';
 import { WarmSandbox } from './warm/warmSandbox';
 import type { Logger } from '../logging';
 
@@ -85,18 +86,20 @@ export async function probe(config: Config, logger?: Logger): Promise<ProbeResul
   };
 
   let nsjail: Sandbox | null = null;
+  let nsjailWarm: WarmBoundary | undefined;
   if (config.sandboxMode !== 'seccomp') {
     const binary = await findExecutable(config.nsjailPath);
     if (!binary) {
       capabilities.nsjail = { available: false, detail: `no nsjail binary at "${config.nsjailPath}" (NSJAIL_PATH or PATH)` };
     } else {
       try {
-        const configFile = await writeNsjailConfig(config, files);
+        const configs = await writeNsjailConfigs(config, files);
         const extraFlags = capabilities.cgroup_v2.available ? cgroupFlags(config) : [];
-        const candidate = new NsjailSandbox(config, { binary, configFile, extraFlags });
+        const candidate = new NsjailSandbox(config, { binary, configFile: configs.run, extraFlags });
         const trial = await trialRun(candidate);
         capabilities.nsjail = { available: trial.ok, path: binary, detail: trial.ok ? 'a trial jail ran (user, pid, mount, net, ipc, uts namespaces usable)' : trial.detail };
         if (trial.ok) nsjail = candidate;
+        nsjailWarm = nsjailBoundary(config, { binary, zygoteConfig: configs.zygote });
       } catch (error) {
         capabilities.nsjail = { available: false, path: binary, detail: `setting up nsjail failed: ${(error as Error).message}` };
       }
@@ -122,10 +125,9 @@ export async function probe(config: Config, logger?: Logger): Promise<ProbeResul
   };
   const chosen = choose();
   let sandbox = chosen.sandbox;
-  if (chosen.mode === 'nsjail' && config.warmPool) {
-    capabilities.warm_pool.detail = 'not built for nsjail mode yet: every nsjail run starts a new interpreter';
-  } else if (chosen.mode === 'seccomp' && config.warmPool) {
-    const warm = await tryWarmPool(config, files, logger);
+  if (chosen.mode && config.warmPool) {
+    const boundary = chosen.mode === 'nsjail' ? nsjailWarm! : seccompBoundary(config, files);
+    const warm = await tryWarmPool(config, files, boundary, logger);
     capabilities.warm_pool = warm.finding;
     if (warm.sandbox) sandbox = warm.sandbox;
   }
@@ -133,8 +135,8 @@ export async function probe(config: Config, logger?: Logger): Promise<ProbeResul
 }
 
 /** Starts the zygote and sends one trial run through a warm child; any failure keeps the cold path. */
-async function tryWarmPool(config: Config, files: SandboxFiles, logger?: Logger): Promise<{ finding: Finding; sandbox?: WarmSandbox }> {
-  const warm = new WarmSandbox(config, files, logger);
+async function tryWarmPool(config: Config, files: SandboxFiles, boundary: WarmBoundary, logger?: Logger): Promise<{ finding: Finding; sandbox?: WarmSandbox }> {
+  const warm = new WarmSandbox(config, files, boundary, logger);
   try {
     await warm.start();
     const trial = await trialRun(warm);

@@ -54,11 +54,10 @@ export function pathUnderTest(): 'cold' | 'warm' {
 }
 
 /**
- * Modes to test: seccomp always; nsjail when present, otherwise a loud skip notice. The warm
- * project tests seccomp mode only: the warm path does not exist for nsjail mode.
+ * Modes to test, on the path of the jest project: seccomp always; nsjail when present, otherwise
+ * a loud skip notice.
  */
 export function sandboxModes(): string[] {
-  if (pathUnderTest() === 'warm') return ['seccomp'];
   const nsjail = findNsjail();
   if (!nsjail) {
     process.stderr.write(
@@ -72,7 +71,7 @@ export function sandboxModes(): string[] {
 export async function startService(env: Record<string, string> = {}, mode = 'seccomp'): Promise<RunningService> {
   const port = await freePort();
   const nsjail = findNsjail();
-  const expectedPath = mode === 'seccomp' ? pathUnderTest() : 'cold';
+  const expectedPath = pathUnderTest();
   const child = spawn(process.execPath, [MAIN, '--target=service', '--signature-type=http'], {
     cwd: REPO,
     env: {

@@ -14,7 +14,7 @@ describe.each(sandboxModes())('security: concurrency in %s mode', (mode) => {
     await service?.stop();
   });
 
-  attackCase('concurrency', '200 concurrent requests each get their own random token back', { seccomp: 'per-slot uid; per-run dir and channel', nsjail: 'one jail per run' }, mode, () => service, async () => {
+  attackCase('concurrency', '200 concurrent requests each get their own random token back', { seccomp: 'per-slot uid; per-run dir and channel', nsjail: 'per-slot uid; namespaces of its own per run' }, mode, () => service, async () => {
     const tokens = Array.from({ length: 200 }, () => randomToken());
     const script = py('import os', 'def main(token):', "    open('token.txt', 'w').write(token)", "    return {'token': open('token.txt').read(), 'pid': os.getpid()}");
     const answers = await Promise.all(tokens.map((token) => execute(service, script, { token })));

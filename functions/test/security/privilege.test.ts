@@ -112,17 +112,22 @@ describe.each(sandboxModes())('security: processes and privilege in %s mode', (m
     }
   });
 
-  c('privilege', 'capabilities: none effective, permitted or ambient; no_new_privs; seccomp filter on', 'uid change; no_new_privs; seccomp', async () => {
+  c('privilege', 'capabilities: none effective, permitted or ambient (nsjail: no bounding or inheritable either); no_new_privs; seccomp filter on', 'uid change; no_new_privs; seccomp', async () => {
     const answer = await attack(service, py('def main():', "    return dict(l.split(':\\t', 1) for l in open('/proc/self/status').read().splitlines() if l.startswith(('Cap', 'NoNewPrivs', 'Seccomp')))"));
     const status = answer.body.result;
     expect(status.CapEff).toBe('0000000000000000');
     expect(status.CapPrm).toBe('0000000000000000');
     expect(status.CapAmb).toBe('0000000000000000');
+    if (mode === 'nsjail') {
+      // nsjail empties these too (cold: nsjail itself; warm: the child, before its uid change).
+      expect(status.CapBnd).toBe('0000000000000000');
+      expect(status.CapInh).toBe('0000000000000000');
+    }
     expect(status.NoNewPrivs).toBe('1');
     expect(status.Seccomp).toBe('2');
   });
 
-  c('privilege', 'setuid(0), setgid(0), setgroups, setresuid', { seccomp: 'no capabilities (EPERM)', nsjail: 'user namespace maps one id (EINVAL/EPERM)' }, async () => {
+  c('privilege', 'setuid(0), setgid(0), setgroups, setresuid', { seccomp: 'no capabilities (EPERM)', nsjail: 'no capability in its user namespace (EINVAL/EPERM)' }, async () => {
     const answer = await attack(service, py(TRY, 'def main():', "    return {'setuid': attempt(lambda: os.setuid(0)), 'setgid': attempt(lambda: os.setgid(0)), 'setgroups': attempt(lambda: os.setgroups([0])), 'setresuid': attempt(lambda: os.setresuid(0, 0, 0))}"));
     for (const outcome of Object.values(answer.body.result) as Array<{ ok: boolean }>) expect(outcome.ok).toBe(false);
   });

@@ -1,8 +1,10 @@
 /**
- * The Unix socket warm children connect to (while still root, before confinement) for their
- * stdout, stderr and result streams. It lives in a root-only directory; after confinement a
- * child can neither reach it (Landlock) nor connect anywhere (seccomp). Each connection starts
- * with "<token> <stream>\n" and is handed to whoever waits for that token.
+ * The Unix socket warm children connect to (while still privileged, before confinement) for
+ * their stdout, stderr and result streams. It lives in a directory only its client uid can
+ * enter: root in seccomp mode, the zygote's uid in nsjail mode (whose jail binds it read-only).
+ * Once a child has its run's uid it can no longer reach it, and after confinement it can connect
+ * nowhere (Landlock, seccomp). Each connection starts with "<token> <stream>\n" and is handed to
+ * whoever waits for that token.
  */
 import { promises as fs } from 'fs';
 import * as net from 'net';
@@ -24,7 +26,11 @@ export class ChannelServer {
   private readonly waiting = new Map<string, Waiting>();
   private server: net.Server | undefined;
 
-  constructor(readonly socketPath: string) {}
+  constructor(
+    readonly socketPath: string,
+    /** Who connects (the zygote's children before they take their run's uid); root by default. */
+    private readonly clientUid = 0,
+  ) {}
 
   async start(): Promise<void> {
     const dir = path.dirname(this.socketPath);
@@ -37,6 +43,7 @@ export class ChannelServer {
       this.server!.listen(this.socketPath, () => resolve());
     });
     await fs.chmod(this.socketPath, 0o600);
+    for (const entry of [dir, this.socketPath]) await fs.chown(entry, this.clientUid, this.clientUid);
   }
 
   /** Resolves with the three streams of the child announced under this token. */

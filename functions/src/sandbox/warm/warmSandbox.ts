@@ -1,9 +1,10 @@
 /**
- * The warm path of seccomp mode. A zygote with numpy and pandas imported forks, per run slot, a
- * child that is already confined exactly as a cold run is (its own uid and private directory,
- * the allow-listed environment, rlimits, no_new_privs, Landlock, the seccomp policy) and waits.
- * A request hands it the job; the child runs one script and exits; it is never reused. Its uid's
- * processes are killed and its files removed before the slot gets its next child.
+ * The warm path, in either sandbox mode. A zygote with numpy and pandas imported forks, per run
+ * slot, a child that is already confined exactly as a cold run is (its own uid, its own
+ * directory or namespaces, the allow-listed environment, rlimits, no_new_privs, Landlock, the
+ * seccomp policy) and waits. A request hands it the job; the child runs one script and exits; it
+ * is never reused. Its uid's processes are killed and its files removed before the slot gets its
+ * next child. What differs between the modes is the boundary's (boundary.ts).
  */
 import { randomUUID } from 'crypto';
 import * as path from 'path';
@@ -11,13 +12,13 @@ import type { Config } from '../../config';
 import type { Logger } from '../../logging';
 import { CappedCapture, drainWithin } from '../capture';
 import type { SandboxFiles } from '../files';
-import { channelMaxBytes, hostRunnerPaths, runnerJobSpec, sandboxEnvironment } from '../job';
+import { channelMaxBytes } from '../job';
 import { DRAIN_AFTER_KILL_MS, readChannel } from '../processRun';
-import { makeRunDir, removeRunDir } from '../workRoot';
 import { RunGuard } from '../runGuard';
 import { failedRun, withUsageNote, type RunReport, type RunRequest, type Sandbox } from '../types';
-import { killAllOfUid, onlyExitingLeft, removeFilesOfUid } from '../uidReaper';
+import { killAllOfUid, onlyExitingLeft, processesOfUid } from '../uidReaper';
 import { runUsageLimits } from '../usageWatch';
+import { CHANNEL_SOCKET, type ChildPlace, type WarmBoundary } from './boundary';
 import { ChannelServer, type ChildStreams } from './channelServer';
 import { readLine } from './readLine';
 import { Zygote, type ChildExit } from './zygote';
@@ -26,16 +27,17 @@ const PREPARE_TIMEOUT_MS = 15000;
 
 interface WarmChild {
   token: string;
+  /** Its pid on the host (for /healthz); in nsjail mode it is PID 1 of its own namespace. */
   pid: number;
   uid: number;
-  workdir: string;
+  place: ChildPlace;
   streams: ChildStreams;
   exited: Promise<ChildExit>;
   dead: boolean;
 }
 
 export class WarmSandbox implements Sandbox {
-  readonly mode = 'seccomp' as const;
+  readonly mode: WarmBoundary['mode'];
   readonly path = 'warm' as const;
   private readonly prepared = new Map<number, Promise<WarmChild>>();
   private readonly ready = new Map<number, WarmChild>();
@@ -44,11 +46,13 @@ export class WarmSandbox implements Sandbox {
 
   constructor(
     private readonly config: Config,
-    private readonly files: SandboxFiles,
+    files: SandboxFiles,
+    private readonly boundary: WarmBoundary,
     logger?: Logger,
   ) {
-    this.channels = new ChannelServer(path.join(config.workRoot, `warm-${process.pid}`, 'channels.sock'));
-    this.zygote = new Zygote(config, files, this.channels.socketPath, logger);
+    this.mode = boundary.mode;
+    this.channels = new ChannelServer(path.join(files.warmDir, CHANNEL_SOCKET), boundary.channelClientUid);
+    this.zygote = new Zygote(boundary.zygoteLaunch(), logger);
     this.zygote.onLost = (token) => this.channels.forget(token);
   }
 
@@ -75,7 +79,7 @@ export class WarmSandbox implements Sandbox {
       child = await this.take(request.slot);
     } catch (error) {
       this.refill(request.slot);
-      return failedRun('seccomp', `the warm sandbox could not prepare a child: ${(error as Error).message}`);
+      return failedRun(this.mode, `the warm sandbox could not prepare a child: ${(error as Error).message}`);
     }
     try {
       return await this.execute(child, request);
@@ -83,8 +87,7 @@ export class WarmSandbox implements Sandbox {
       // Before the answer: no process of the uid can run any more (execute made sure) and its
       // files are gone. After it, the slot's next child waits for the zygote to have reaped
       // this one (its address space torn down) and for a last sweep of the uid.
-      await removeFilesOfUid(uid);
-      await removeRunDir(child.workdir);
+      await this.boundary.cleanUp(child.place, uid);
       const settled = child.exited.then(() => killAllOfUid(uid));
       this.refill(request.slot, settled);
     }
@@ -121,18 +124,17 @@ export class WarmSandbox implements Sandbox {
 
   private async discard(child: WarmChild): Promise<void> {
     await killAllOfUid(child.uid);
-    await removeRunDir(child.workdir);
+    await this.boundary.cleanUp(child.place, child.uid);
   }
 
   private async prepare(slot: number): Promise<WarmChild> {
     await this.zygote.start();
     const uid = this.config.sandboxUidBase + slot;
-    const workdir = await makeRunDir(this.config.workRoot, slot, uid);
+    const place = await this.boundary.placeChild(slot, uid);
     const token = randomUUID();
     const streams = this.channels.expect(token);
-    const spec = runnerJobSpec(this.config, hostRunnerPaths(this.files, workdir));
-    const { exited, pid } = this.zygote.prefork({ token, uid, workdir, environment: sandboxEnvironment(workdir), limits: spec.limits, confine: spec.confine });
-    const child: Partial<WarmChild> = { token, uid, workdir, exited, dead: false };
+    const exited = this.zygote.prefork({ token, uid, ...place.command });
+    const child: Partial<WarmChild> = { token, uid, place, exited, dead: false };
     void exited.then(() => (child.dead = true));
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<never>((_, reject) => {
@@ -146,13 +148,14 @@ export class WarmSandbox implements Sandbox {
     died.catch(() => undefined);
     try {
       child.streams = await Promise.race([streams, died, timeout]);
-      child.pid = await Promise.race([pid, died, timeout]);
       const line = await Promise.race([readLine(child.streams.result, 100), died, timeout]);
       if (line !== 'ready') throw new Error(`unexpected greeting ${JSON.stringify(line.slice(0, 40))}`);
+      // Confined and waiting, it is the only process of its uid.
+      child.pid = processesOfUid(uid)[0] ?? -1;
     } catch (error) {
       this.channels.forget(token);
       await killAllOfUid(uid);
-      await removeRunDir(workdir);
+      await this.boundary.cleanUp(place, uid);
       throw error;
     } finally {
       clearTimeout(timer);
@@ -172,7 +175,7 @@ export class WarmSandbox implements Sandbox {
     const guard = new RunGuard({
       timeoutMs: this.config.scriptTimeoutMs,
       signal: request.signal,
-      usage: runUsageLimits(this.config, child.uid, child.workdir),
+      usage: runUsageLimits(this.config, child.uid, child.place.hostDir),
       kill: () => killAllOfUid(child.uid),
     });
 
@@ -196,11 +199,11 @@ export class WarmSandbox implements Sandbox {
     for (const socket of [stdout, stderr, result]) socket.destroy();
     const channel = readChannel(captures.result);
     if (exit.lost && channel.kind !== 'message' && !guard.timedOut && !guard.aborted) {
-      return failedRun('seccomp', "the warm pool's zygote died during the run, and the run with it; it is being restarted");
+      return failedRun(this.mode, "the warm pool's zygote died during the run, and the run with it; it is being restarted");
     }
     return withUsageNote(
       {
-        mode: 'seccomp',
+        mode: this.mode,
         channel,
         exitCode: exit.code,
         signal: exit.signal,

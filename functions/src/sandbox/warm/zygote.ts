@@ -1,13 +1,12 @@
 /**
  * The zygote process (sandbox-image/runner/zygote.py): started once, restarted when it dies,
- * asked to fork one pre-confined child per run. It reports each child's exit status.
+ * asked to fork one pre-confined child per run. It reports each child's exit status. How it is
+ * started (directly, or inside zygote.cfg's jail) is its boundary's business (boundary.ts).
  */
 import { spawn, type ChildProcessWithoutNullStreams } from 'child_process';
-import * as path from 'path';
-import type { Config } from '../../config';
 import type { Logger } from '../../logging';
-import type { SandboxFiles } from '../files';
 import { sandboxEnvironment } from '../job';
+import type { WarmChildMount } from '../nsjailConfig';
 
 export interface ChildExit {
   code: number | null;
@@ -23,38 +22,33 @@ export interface PreforkCommand {
   environment: Record<string, string>;
   limits: unknown;
   confine: unknown;
+  /** nsjail mode: the child's own pid, mount, ipc and network namespaces, and what it mounts. */
+  namespaces?: { mounts: WarmChildMount[]; unmount: string[] };
 }
 
-interface Tracked {
-  forked?: (pid: number) => void;
-  exited: (exit: ChildExit) => void;
-}
+/** The zygote's command line (argv[0] first). */
+export type ZygoteLaunch = string[];
 
 const RESTART_DELAY_MS = [100, 500, 2000, 5000];
 
 export class Zygote {
   private process: ChildProcessWithoutNullStreams | undefined;
   private ready: Promise<void> | undefined;
-  private readonly children = new Map<string, Tracked>();
+  private readonly children = new Map<string, (exit: ChildExit) => void>();
   private restarts = 0;
   private stopped = false;
   /** Called for every child still running when the zygote dies (its children die with it). */
   onLost: (token: string) => void = () => undefined;
 
   constructor(
-    private readonly config: Config,
-    private readonly files: SandboxFiles,
-    private readonly socketPath: string,
+    private readonly launch: ZygoteLaunch,
     private readonly logger: Logger | undefined,
   ) {}
 
   start(): Promise<void> {
     if (this.ready) return this.ready;
-    const child = spawn(
-      this.config.sandboxPython,
-      ['-I', '-B', '-u', path.join(this.files.runnerDir, 'zygote.py'), this.socketPath, this.files.policyFile, String(this.config.zygoteMemoryMb)],
-      { env: sandboxEnvironment('/nonexistent'), cwd: '/', stdio: ['pipe', 'pipe', 'pipe'] },
-    );
+    const [command, ...args] = this.launch;
+    const child = spawn(command, args, { env: sandboxEnvironment('/nonexistent'), cwd: '/', stdio: ['pipe', 'pipe', 'pipe'] });
     this.process = child;
     let stderr = '';
     child.stderr.on('data', (chunk: Buffer) => (stderr = (stderr + chunk.toString('utf8')).slice(-4000)));
@@ -66,7 +60,7 @@ export class Zygote {
         while ((newline = buffer.indexOf('\n')) >= 0) {
           const line = buffer.slice(0, newline);
           buffer = buffer.slice(newline + 1);
-          let event: { event: string; token?: string; pid?: number; code?: number | null; signal?: string | null };
+          let event: { event: string; token?: string; code?: number | null; signal?: string | null };
           try {
             event = JSON.parse(line);
           } catch {
@@ -75,12 +69,10 @@ export class Zygote {
           if (event.event === 'started') {
             this.restarts = 0;
             resolve();
-          } else if (event.event === 'forked' && event.token) {
-            this.children.get(event.token)?.forked?.(event.pid ?? -1);
           } else if (event.event === 'exit' && event.token) {
-            const tracked = this.children.get(event.token);
+            const exited = this.children.get(event.token);
             this.children.delete(event.token);
-            tracked?.exited({ code: event.code ?? null, signal: event.signal ?? null });
+            exited?.({ code: event.code ?? null, signal: event.signal ?? null });
           }
         }
       });
@@ -95,12 +87,10 @@ export class Zygote {
   }
 
   /** Forks a child; resolves when it has exited (or the zygote died under it). */
-  prefork(command: PreforkCommand): { exited: Promise<ChildExit>; pid: Promise<number> } {
-    let forked: (pid: number) => void = () => undefined;
-    const pid = new Promise<number>((resolve) => (forked = resolve));
-    const exited = new Promise<ChildExit>((resolve) => this.children.set(command.token, { exited: resolve, forked }));
+  prefork(command: PreforkCommand): Promise<ChildExit> {
+    const exited = new Promise<ChildExit>((resolve) => this.children.set(command.token, resolve));
     this.process?.stdin.write(JSON.stringify({ op: 'prefork', ...command }) + '\n');
-    return { exited, pid };
+    return exited;
   }
 
   stop(): void {
@@ -112,8 +102,8 @@ export class Zygote {
   private lost(reason: string, stderr: string): void {
     const orphans = [...this.children.entries()];
     this.children.clear();
-    for (const [token, tracked] of orphans) {
-      tracked.exited({ code: null, signal: 'SIGKILL', lost: true });
+    for (const [token, exited] of orphans) {
+      exited({ code: null, signal: 'SIGKILL', lost: true });
       this.onLost(token);
     }
     this.ready = undefined;
