@@ -20,16 +20,20 @@ export async function prepareWorkRoot(workRoot: string): Promise<void> {
   process.once('exit', () => removeEntries(workRoot, (pid) => pid === process.pid));
 }
 
-/** A run's private directory: fresh, 0700, owned by the run's uid (when there is one). */
+/** A run's private directory: fresh, 0700 (mkdtemp's mode), owned by the run's uid (when there is one). */
 export async function makeRunDir(workRoot: string, slot: number, uid: number | undefined): Promise<string> {
   const dir = await fs.mkdtemp(path.join(workRoot, `run-${process.pid}-${slot}-`));
   if (uid !== undefined) await fs.chown(dir, uid, uid);
-  await fs.chmod(dir, 0o700);
   return dir;
 }
 
-export function removeRunDir(dir: string): Promise<void> {
-  return fs.rm(dir, { recursive: true, force: true });
+/** Most runs leave their directory empty: one rmdir, and the recursive removal only if not. */
+export async function removeRunDir(dir: string): Promise<void> {
+  try {
+    await fs.rmdir(dir);
+  } catch {
+    await fs.rm(dir, { recursive: true, force: true });
+  }
 }
 
 function removeEntries(workRoot: string, shouldRemove: (pid: number) => boolean): void {

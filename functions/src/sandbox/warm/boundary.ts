@@ -66,8 +66,7 @@ export function seccompBoundary(config: Config, files: SandboxFiles): WarmBounda
       return { command: childCommand(config, hostRunnerPaths(files, dir)), hostDir: dir };
     },
     async cleanUp(place, uid) {
-      await removeFilesOfUid(uid);
-      if (place.hostDir) await removeRunDir(place.hostDir);
+      await Promise.all([removeFilesOfUid(uid), place.hostDir ? removeRunDir(place.hostDir) : undefined]);
     },
   };
 }

@@ -16,7 +16,7 @@ import { channelMaxBytes } from '../job';
 import { DRAIN_AFTER_KILL_MS, readChannel } from '../processRun';
 import { RunGuard } from '../runGuard';
 import { failedRun, withUsageNote, type RunReport, type RunRequest, type Sandbox } from '../types';
-import { killAllOfUid, onlyExitingLeft, processesOfUid } from '../uidReaper';
+import { killAllOfUid, onlyExitingLeft, pidsByUid } from '../uidReaper';
 import { runUsageLimits } from '../usageWatch';
 import { CHANNEL_SOCKET, type ChildPlace, type WarmBoundary } from './boundary';
 import { ChannelServer, type ChildStreams } from './channelServer';
@@ -27,8 +27,6 @@ const PREPARE_TIMEOUT_MS = 15000;
 
 interface WarmChild {
   token: string;
-  /** Its pid on the host (for /healthz); in nsjail mode it is PID 1 of its own namespace. */
-  pid: number;
   uid: number;
   place: ChildPlace;
   streams: ChildStreams;
@@ -67,9 +65,15 @@ export class WarmSandbox implements Sandbox {
     this.zygote.stop();
   }
 
-  /** Children confined and waiting for a job, by slot (for /healthz and for operators). */
+  /**
+   * Children confined and waiting for a job, by slot, with their pid on the host (for /healthz
+   * and for operators): a waiting child is the only process of its uid. Looked up here, not per
+   * run, because it costs a walk of /proc.
+   */
   waiting(): Array<{ slot: number; pid: number }> {
-    return [...this.ready.entries()].filter(([, child]) => !child.dead).map(([slot, child]) => ({ slot, pid: child.pid }));
+    const waiting = [...this.ready.entries()].filter(([, child]) => !child.dead);
+    const pids = pidsByUid(new Set(waiting.map(([, child]) => child.uid)));
+    return waiting.map(([slot, child]) => ({ slot, pid: pids.get(child.uid)?.[0] ?? -1 }));
   }
 
   async run(request: RunRequest): Promise<RunReport> {
@@ -150,8 +154,6 @@ export class WarmSandbox implements Sandbox {
       child.streams = await Promise.race([streams, died, timeout]);
       const line = await Promise.race([readLine(child.streams.result, 100), died, timeout]);
       if (line !== 'ready') throw new Error(`unexpected greeting ${JSON.stringify(line.slice(0, 40))}`);
-      // Confined and waiting, it is the only process of its uid.
-      child.pid = processesOfUid(uid)[0] ?? -1;
     } catch (error) {
       this.channels.forget(token);
       await killAllOfUid(uid);
