@@ -133,6 +133,8 @@ def child(command, channel_path, compiled, preload_bytes):
 
 
 def main():
+    """The zygote's loop. Returns None when the service is gone, and in each forked child the
+    arguments of child(), which then runs outside this frame."""
     channel_path, policy_path, memory_mb = sys.argv[1], sys.argv[2], int(sys.argv[3])
     import resource
 
@@ -188,7 +190,10 @@ def main():
                     emit({"event": "exit", "token": command["token"], "code": EXIT_SETUP_FAILED, "signal": None})
                     continue
                 if pid == 0:
-                    child(command, channel_path, compiled, preload_bytes)
+                    # Leave the loop and this frame before the child does anything: its locals
+                    # (other children's tokens, pending commands) must not be reachable from a
+                    # script walking the stack.
+                    return command, channel_path, compiled, preload_bytes
                 tokens[pid] = command["token"]
 
 
@@ -210,4 +215,6 @@ def reap(tokens):
 
 
 if __name__ == "__main__":
-    main()
+    forked = main()
+    if forked:  # in a forked child, with the zygote's loop already unwound
+        child(*forked)

@@ -37,12 +37,27 @@ export function processesOfUid(uid: number, options: { ignoreExiting?: boolean }
   return options.ignoreExiting ? pids.filter((pid) => !isExiting(pid)) : pids;
 }
 
-/** PF_EXITING in /proc/<pid>/stat's flags (field 9), or a zombie: it will run no more code. */
-const PF_EXITING = 0x4;
+/**
+ * True when no thread of the process can run code any more. /proc/<pid>/stat describes only the
+ * thread-group leader, which a script can end alone (the raw exit syscall) while its other
+ * threads run on: every thread in /proc/<pid>/task is checked.
+ */
 function isExiting(pid: number): boolean {
+  let threads: string[];
+  try {
+    threads = readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return true; // already gone
+  }
+  return threads.every((tid) => threadIsExiting(`/proc/${pid}/task/${tid}/stat`));
+}
+
+/** PF_EXITING in the thread's stat flags (field 9), or a zombie: it will run no more code. */
+const PF_EXITING = 0x4;
+function threadIsExiting(statPath: string): boolean {
   let stat: string;
   try {
-    stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    stat = readFileSync(statPath, 'utf8');
   } catch {
     return true; // already gone
   }

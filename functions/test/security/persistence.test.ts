@@ -83,6 +83,58 @@ describe.each(sandboxModes())('security: persistence and concurrency in %s mode'
     expect(await waitFor(noneLeft, 2000)).toBe(true);
   });
 
+  c(
+    'persistence',
+    "a thread that outlives its process's main thread (raw exit of the leader) after sending a result: the answer waits, nothing outlives it, no slot is lost",
+    'service: every thread of the uid must be exiting (not only the leader); watchdog; uid reaper',
+    async () => {
+      const capacity: number = (await (await fetch(`${service.url}/healthz`)).json()).capacity;
+      const lingerer = py(
+        'import os, threading, time, ctypes, json',
+        'def main():',
+        "    channel = max(int(fd) for fd in os.listdir('/proc/self/fd'))",
+        '    def linger():',
+        '        time.sleep(0.2)  # the leader has exited by now: /proc/<pid>/stat shows a zombie',
+        "        os.write(channel, json.dumps({'status': 'ok', 'cpu_ms': 0, 'layers': {}, 'result': 42}).encode())",
+        '        for fd in (1, 2, channel):',
+        '            os.close(fd)',
+        '        while True:',
+        '            time.sleep(3600)  # no CPU: RLIMIT_CPU would never end it',
+        '    threading.Thread(target=linger).start()',
+        '    ctypes.CDLL(None).syscall(60, 0)  # SYS_exit: the calling thread only',
+      );
+      // One on every slot at once: before the fix each held its slot for good.
+      const answers = await Promise.all(Array.from({ length: capacity }, () => attack(service, lingerer)));
+      for (const answer of answers) {
+        // The result is the script's own to send; but the answer waited for the watchdog
+        // (SCRIPT_TIMEOUT_MS 3000) to end the thread, instead of leaving it running.
+        expect(answer.status).toBe(200);
+        expect(answer.body.result).toBe(42);
+        expect(answer.body.timing.wall_ms).toBeGreaterThanOrEqual(2500);
+      }
+      expect(await waitFor(noneLeft, 3000)).toBe(true);
+      const after = await Promise.all(Array.from({ length: 2 * capacity }, () => execute(service, py('def main():', "    return 'free'"))));
+      expect(after.map((answer) => answer.body.result)).toEqual(Array(2 * capacity).fill('free'));
+    },
+    20000,
+  );
+
+  c('persistence', "the zygote's state (other children's tokens, pending commands) is not on a warm child's stack", 'the zygote unwinds its loop before the child runs', async () => {
+    const answer = await attack(
+      service,
+      py(
+        'import sys',
+        'def main():',
+        '    names, frame = [], sys._getframe()',
+        '    while frame is not None:',
+        '        names += list(frame.f_locals)',
+        '        frame = frame.f_back',
+        "    return sorted(set(names) & {'tokens', 'pending', 'line', 'readable'})",
+      ),
+    );
+    expect(answer.body.result).toEqual([]);
+  });
+
   c('persistence', 'SysV shared memory, message queues and semaphores (outlive a run in the host IPC namespace)', 'seccomp (SysV IPC denied, ENOSYS)', async () => {
     const answer = await attack(
       service,

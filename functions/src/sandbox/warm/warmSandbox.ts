@@ -24,6 +24,8 @@ import { readLine } from './readLine';
 import { Zygote, type ChildExit } from './zygote';
 
 const PREPARE_TIMEOUT_MS = 15000;
+/** How long after its answer a run's child may take to be reaped before its uid is killed whole. */
+const EXIT_GRACE_MS = 1000;
 
 interface WarmChild {
   token: string;
@@ -92,16 +94,35 @@ export class WarmSandbox implements Sandbox {
       // files are gone. After it, the slot's next child waits for the zygote to have reaped
       // this one (its address space torn down) and for a last sweep of the uid.
       await this.boundary.cleanUp(child.place, uid);
-      const settled = child.exited.then(() => killAllOfUid(uid));
-      this.refill(request.slot, settled);
+      this.refill(request.slot, this.settle(child));
     }
+  }
+
+  /**
+   * Resolves when the child has been reaped and nothing of its uid is left. The answer is sent
+   * only once nothing of the run can execute code any more (execute()), so the child's exit is
+   * only its address space being torn down; one that is not reaped within EXIT_GRACE_MS is
+   * killed whole, so no slot can be held by a run after its answer.
+   */
+  private async settle(child: WarmChild): Promise<void> {
+    let timer: NodeJS.Timeout | undefined;
+    const grace = new Promise<void>((resolve) => (timer = setTimeout(resolve, EXIT_GRACE_MS)));
+    await Promise.race([child.exited, grace]);
+    clearTimeout(timer);
+    await killAllOfUid(child.uid);
+    await child.exited;
   }
 
   private async take(slot: number): Promise<WarmChild> {
     const waiting = this.prepared.get(slot);
     this.prepared.delete(slot);
     this.ready.delete(slot);
-    const child = waiting ? await waiting.catch(() => undefined) : undefined;
+    // A last bound: a slot whose previous run could not be cleaned up answers 503, never hangs.
+    let timer: NodeJS.Timeout | undefined;
+    const stuck = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`the slot was not free within ${2 * PREPARE_TIMEOUT_MS} ms`)), 2 * PREPARE_TIMEOUT_MS);
+    });
+    const child = waiting ? await Promise.race([waiting.catch(() => undefined), stuck]).finally(() => clearTimeout(timer)) : undefined;
     if (child && !child.dead) return child;
     if (child) await this.discard(child);
     return this.prepare(slot);
