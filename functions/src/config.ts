@@ -70,7 +70,7 @@ export const SETTINGS: Setting[] = [
   { env: 'MAX_QUEUE', default: '2 x MAX_CONCURRENT_RUNS', description: 'Requests that may wait for a free slot; beyond it 429.' },
   { env: 'MAX_QUEUE_WAIT_MS', default: '10000', description: 'Longest wait for a slot before 429.' },
   { env: 'SHUTDOWN_GRACE_MS', default: '8000', description: 'On SIGTERM, how long in-flight runs may finish before they are killed.' },
-  { env: 'SANDBOX_UID_BASE', default: '60000', description: 'Run slot n executes as uid/gid base+n (when the service runs as root).' },
+  { env: 'SANDBOX_UID_BASE', default: '60000', description: "Run slot n executes as uid/gid base+n (when the service runs as root); in nsjail mode the warm pool's zygote is base-1 outside its jail. Instances sharing a host need ranges of their own: a run's cleanup kills every process of its uid." },
   { env: 'WARM_POOL', default: 'on', description: '`on`: runs use pre-forked, pre-confined interpreters from a zygote with numpy and pandas loaded, in either mode (in nsjail mode the zygote lives in a jail and runs as SANDBOX_UID_BASE-1 outside it; falls back to cold runs if the zygote cannot start); `off`: every run starts a new interpreter.' },
   { env: 'WARM_POOL_SIZE', default: 'MAX_CONCURRENT_RUNS', description: 'How many run slots keep a confined child waiting; other slots fork one on demand.' },
   { env: 'ZYGOTE_MEMORY_MB', default: '1024', description: "Address-space limit of the zygote (its children lower theirs to SCRIPT_MEMORY_MB)." },

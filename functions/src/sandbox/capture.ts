@@ -1,5 +1,6 @@
 /** Collects a stream up to a byte cap; the rest is read and dropped so the writer never blocks. */
 import type { Readable } from 'stream';
+import { settlesWithin } from '../deadline';
 import type { CapturedText } from './types';
 
 /** What a run that never started printed. */
@@ -8,9 +9,7 @@ export const EMPTY_TEXT: CapturedText = Object.freeze({ text: '', bytes: 0, trun
 /** Waits for the captures to see their streams end, but no longer than ms (a stream a killed
  * process's leftover still holds open is not waited for forever). */
 export async function drainWithin(captures: CappedCapture[], ms: number): Promise<void> {
-  let timer: NodeJS.Timeout | undefined;
-  await Promise.race([Promise.all(captures.map((c) => c.done)), new Promise<void>((r) => (timer = setTimeout(r, ms)))]);
-  clearTimeout(timer);
+  await settlesWithin(Promise.all(captures.map((c) => c.done)), ms);
 }
 
 export class CappedCapture {

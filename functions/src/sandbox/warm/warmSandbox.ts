@@ -9,6 +9,7 @@
 import { randomUUID } from 'crypto';
 import * as path from 'path';
 import type { Config } from '../../config';
+import { settlesWithin, withDeadline } from '../../deadline';
 import type { Logger } from '../../logging';
 import { CappedCapture, drainWithin } from '../capture';
 import type { SandboxFiles } from '../files';
@@ -105,10 +106,7 @@ export class WarmSandbox implements Sandbox {
    * killed whole, so no slot can be held by a run after its answer.
    */
   private async settle(child: WarmChild): Promise<void> {
-    let timer: NodeJS.Timeout | undefined;
-    const grace = new Promise<void>((resolve) => (timer = setTimeout(resolve, EXIT_GRACE_MS)));
-    await Promise.race([child.exited, grace]);
-    clearTimeout(timer);
+    await settlesWithin(child.exited, EXIT_GRACE_MS);
     await killAllOfUid(child.uid);
     await child.exited;
   }
@@ -118,11 +116,8 @@ export class WarmSandbox implements Sandbox {
     this.prepared.delete(slot);
     this.ready.delete(slot);
     // A last bound: a slot whose previous run could not be cleaned up answers 503, never hangs.
-    let timer: NodeJS.Timeout | undefined;
-    const stuck = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`the slot was not free within ${2 * PREPARE_TIMEOUT_MS} ms`)), 2 * PREPARE_TIMEOUT_MS);
-    });
-    const child = waiting ? await Promise.race([waiting.catch(() => undefined), stuck]).finally(() => clearTimeout(timer)) : undefined;
+    const limit = 2 * PREPARE_TIMEOUT_MS;
+    const child = waiting ? await withDeadline(waiting.catch(() => undefined), limit, `the slot was not free within ${limit} ms`) : undefined;
     if (child && !child.dead) return child;
     if (child) await this.discard(child);
     return this.prepare(slot);
@@ -161,27 +156,22 @@ export class WarmSandbox implements Sandbox {
     const exited = this.zygote.prefork({ token, uid, ...place.command });
     const child: Partial<WarmChild> = { token, uid, place, exited, dead: false };
     void exited.then(() => (child.dead = true));
-    let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`no ready child within ${PREPARE_TIMEOUT_MS} ms`)), PREPARE_TIMEOUT_MS);
-    });
+    const greeted = async () => {
+      child.streams = await streams;
+      const line = await readLine(child.streams.result, 100);
+      if (line !== 'ready') throw new Error(`unexpected greeting ${JSON.stringify(line.slice(0, 40))}`);
+    };
     const died = exited.then((exit) => {
       throw new Error(`the child exited during set-up (code ${exit.code}, signal ${exit.signal})`);
     });
-    // Only the race below looks at these; a later rejection must not become an unhandled one.
-    timeout.catch(() => undefined);
-    died.catch(() => undefined);
+    died.catch(() => undefined); // only the race below looks at it; a later rejection is not unhandled
     try {
-      child.streams = await Promise.race([streams, died, timeout]);
-      const line = await Promise.race([readLine(child.streams.result, 100), died, timeout]);
-      if (line !== 'ready') throw new Error(`unexpected greeting ${JSON.stringify(line.slice(0, 40))}`);
+      await withDeadline(Promise.race([greeted(), died]), PREPARE_TIMEOUT_MS, `no ready child within ${PREPARE_TIMEOUT_MS} ms`);
     } catch (error) {
       this.channels.forget(token);
       await killAllOfUid(uid);
       await this.boundary.cleanUp(place, uid);
       throw error;
-    } finally {
-      clearTimeout(timer);
     }
     return child as WarmChild;
   }
