@@ -9,20 +9,32 @@ import json
 import math
 
 MAX_DEPTH = 200
+# Characters of a key or a type name quoted in a message: the message still says what and where
+# when a key is huge (the runner shortens whole messages to the channel's limits, from the end).
+QUOTED_MAX = 200
 
 
 class NotSerializable(Exception):
     """The result holds a value strict JSON cannot represent; the message names it and where."""
 
 
+def _quoted(text):
+    """text, or its beginning and a marker when it is longer than QUOTED_MAX."""
+    if len(text) <= QUOTED_MAX:
+        return text
+    return f"{text[:QUOTED_MAX]}... [shortened: {len(text)} characters in all]"
+
+
 def _type_name(value):
     cls = type(value)
     module = getattr(cls, "__module__", "") or ""
     name = getattr(cls, "__qualname__", None) or getattr(cls, "__name__", "object")
+    if not isinstance(module, str):
+        module = ""
     top = module.split(".")[0]
     if module in ("builtins", "") or not isinstance(name, str):
-        return str(name)
-    return f"{top}.{name}" if top in ("pandas", "numpy") else f"{module}.{name}"
+        return _quoted(str.__str__(str(name)))
+    return _quoted(f"{top}.{name}" if top in ("pandas", "numpy") else f"{module}.{name}")
 
 
 _HINTS = {
@@ -132,7 +144,10 @@ def _key(key, path):
 
 def _key_repr(key):
     if isinstance(key, str):
-        return json.dumps(str.__str__(key), ensure_ascii=False)
+        key = str.__str__(key)
+        if len(key) <= QUOTED_MAX:
+            return json.dumps(key, ensure_ascii=False)
+        return json.dumps(key[:QUOTED_MAX], ensure_ascii=False) + f"... [shortened: {len(key)} characters in all]"
     return _key(key, "result")
 
 

@@ -11,6 +11,8 @@ Protocol with the service (functions/src/sandbox/protocol.ts):
          It is moved to a high, close-on-exec descriptor first, so child processes never have
          it and fd 3 is free for the script. Whatever the script prints goes to fds 1 and 2,
          which the service captures separately; stdout can never change the result.
+Every error message is fitted to what the service accepts (MESSAGE_LIMITS, fit_error): a field
+too long is shortened, visibly, never sent as it is (the service would not believe the message).
 Exit status: 0 after writing the channel; 70 when confinement failed (no user code ran).
 """
 
@@ -36,19 +38,147 @@ RESULT_FD = 3
 CONFINED_MARKER = b"\x1e"  # ASCII record separator: the runner is confined, user code follows
 
 
-def _safe_str(value, limit=8192):
+# What the service accepts on the result channel. It checks every message against these, and one
+# over any of them is not believed: the run is reported as `killed` (an "invalid" channel) or
+# `result_too_large` ("oversize"), whatever the script really did. So every error message is
+# fitted to them before it is sent (fit_error), with a visible marker wherever something was
+# shortened. The one place in the runner for these numbers; their sources:
+#   MESSAGE_LIMITS          the maxLength, in characters, of each string field of "error" in
+#                           runnerMessageSchema, functions/src/schemas.ts;
+#   CHANNEL_ENVELOPE_BYTES  CHANNEL_ENVELOPE_BYTES of functions/src/sandbox/job.ts: the room on the
+#                           channel beyond RESULT_MAX_BYTES, which a whole error message fits in.
+# functions/test/runner.python.test.ts checks that they agree with their sources.
+# (ajv counts characters as code points, a surrogate pair as one; Python's len() counts each
+# surrogate of a pair as one, so it never counts fewer than ajv does.)
+MESSAGE_LIMITS = {
+    "message": 20000,
+    "exception": 2000,
+    "text": 2000,
+    "traceback": 200000,
+}
+CHANNEL_ENVELOPE_BYTES = 256 * 1024
+# The most bytes the error object's JSON takes as sent (ASCII-escaped: up to 12 bytes a character);
+# the last 4 KiB of the envelope are for the rest of the message ("status", "cpu_ms", "layers")
+# and the confinement marker.
+ERROR_MAX_BYTES = CHANNEL_ENVELOPE_BYTES - 4096
+# No field is shortened below this many characters to fit ERROR_MAX_BYTES (four fields of them,
+# fully escaped, are a small fraction of it).
+_MIN_FIELD_CHARS = 200
+# Tracebacks keep their beginning and their end (where the exception was raised); the rest keep
+# their beginning.
+_KEEP_ENDS = frozenset({"traceback"})
+# Characters of sys.exit's argument quoted in the message.
+_EXIT_ARG_SHOWN = 200
+
+
+def _exact_str(text):
+    """A plain str with text's characters: a str subclass's own methods (len, slicing) never run."""
+    return str.__str__(text)
+
+
+class Text:
+    """A text kept as its parts, so that a huge one (a 100 MB exception message) is measured and
+    shortened without ever being copied whole."""
+
+    def __init__(self, *parts):
+        self.parts = [_exact_str(part) for part in parts]
+        self.length = sum(len(part) for part in self.parts)
+
+    def whole(self):
+        return "".join(self.parts)
+
+    def head(self, count):
+        pieces = []
+        for part in self.parts:
+            if count <= 0:
+                break
+            pieces.append(part[:count])
+            count -= len(pieces[-1])
+        return "".join(pieces)
+
+    def tail(self, count):
+        pieces = []
+        for part in reversed(self.parts):
+            if count <= 0:
+                break
+            pieces.append(part[-count:])
+            count -= len(pieces[-1])
+        return "".join(reversed(pieces))
+
+
+def shorten(text, limit, keep_ends=False):
+    """text (a str or Text) in at most limit characters: whole when it fits; otherwise its
+    beginning and a marker, "... [shortened: N characters in all]", or with keep_ends its beginning
+    and end around a line "... [shortened: N characters in all, M of them left out here] ...",
+    cut at line ends where one is near."""
+    if not isinstance(text, Text):
+        text = Text(text)
+    total = text.length
+    if total <= limit:
+        return text.whole()
+    if not keep_ends:
+        marker = f"... [shortened: {total} characters in all]"
+        return (text.head(max(0, limit - len(marker))) + marker)[:limit]
+    # The marker's longest form (M <= N), on a line of its own.
+    room = max(0, limit - len(f"\n... [shortened: {total} characters in all, {total} of them left out here] ...\n"))
+    head = text.head(room // 4)
+    tail = text.tail(room - room // 4)
+    newline = head.rfind("\n")
+    if newline >= 0 and len(head) - newline <= 1000:
+        head = head[: newline + 1]
+    newline = tail.find("\n")
+    if 0 <= newline < min(1000, len(tail) - 1):
+        tail = tail[newline + 1 :]
+    marker = f"... [shortened: {total} characters in all, {total - len(head) - len(tail)} of them left out here] ...\n"
+    if head and not head.endswith("\n"):
+        marker = "\n" + marker
+    return (head + marker + tail)[:limit]
+
+
+def _json_length(value):
+    return len(json.dumps(value, ensure_ascii=True, allow_nan=False, separators=(",", ":")))
+
+
+def fit_error(error, max_bytes=ERROR_MAX_BYTES):
+    """The error object to send: each field of MESSAGE_LIMITS (a str or Text, or None) shortened
+    to its limit, then the largest shortened further until the whole, as JSON, is within
+    max_bytes. Other fields (type, line, exit_code, ...) are sent as they are."""
+    texts = {key: value for key, value in error.items() if key in MESSAGE_LIMITS and value is not None}
+    limits = {key: MESSAGE_LIMITS[key] for key in texts}
+    while True:
+        fitted = {key: shorten(value, limits[key], key in _KEEP_ENDS) for key, value in texts.items()}
+        out = {**error, **fitted}
+        size = _json_length(out)
+        if size <= max_bytes:
+            return out
+        shrinkable = {key: _json_length(fitted[key]) for key in fitted if limits[key] > _MIN_FIELD_CHARS}
+        if not shrinkable:
+            return out  # unreachable: the fields at their least are far within max_bytes
+        # Shorten the largest field in proportion to what is over (escapes make bytes per
+        # character vary along a text, so this may take a few rounds; each takes at least 1/32).
+        key = max(shrinkable, key=shrinkable.get)
+        chars = min(limits[key], len(fitted[key]))
+        wanted = chars * max(0, shrinkable[key] - (size - max_bytes)) // shrinkable[key]
+        limits[key] = max(_MIN_FIELD_CHARS, min(wanted, chars - max(1, chars // 32)))
+
+
+def _safe_str(value):
+    """str(value) as a plain str, or a note that it failed: a user object's __str__ may raise
+    anything, or return a str subclass."""
+    text = _str_or_none(value)
+    return text if text is not None else f"<{_safe_type_name(value)} whose str() failed>"
+
+
+def _str_or_none(value):
     try:
-        text = str(value)
-    except BaseException:  # noqa: BLE001 - a user object's __str__ may raise anything
-        text = f"<{_safe_type_name(value)} whose str() failed>"
-    if not isinstance(text, str):
-        text = "<str() did not return text>"
-    return text if len(text) <= limit else text[:limit] + "..."
+        return _exact_str(str(value))
+    except BaseException:  # noqa: BLE001
+        return None
 
 
 def _safe_type_name(value):
     try:
-        return str(type(value).__qualname__)
+        return _exact_str(str(type(value).__qualname__))
     except BaseException:  # noqa: BLE001
         return "object"
 
@@ -84,7 +214,13 @@ class Channel:
             view = view[os.write(self.fd, view):]
 
     def send_error(self, error_type, message, **details):
-        self.send({"status": "error", "cpu_ms": _cpu_ms(), "error": {"type": error_type, "message": message, **details}})
+        """Sends an error; message and the details of MESSAGE_LIMITS may be str or Text of any
+        length: they are shortened to what the service accepts (fit_error)."""
+        try:
+            error = fit_error({"type": error_type, "message": message, **details})
+        except BaseException as exc:  # noqa: BLE001 - e.g. MemoryError: still say what happened
+            error = {"type": error_type, "message": f"{error_type} (its details could not be reported: {type(exc).__name__})"}
+        self.send({"status": "error", "cpu_ms": _cpu_ms(), "error": error})
 
 
 def _cpu_ms():
@@ -120,26 +256,40 @@ def take_channel_fd(fd):
     return high
 
 
-def _user_traceback(exc):
-    """Only the user's frames: what happened in script.py, not in the runner or libraries."""
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == SCRIPT_NAME]
-    lines = ["Traceback (most recent call last):\n"]
-    lines.extend(traceback.format_list(frames))
-    lines.extend(traceback.format_exception_only(type(exc), exc) if _str_ok(exc) else [f"{_safe_type_name(exc)}\n"])
-    return "".join(lines)
-
-
-def _str_ok(exc):
+def _user_traceback(exc, name, text):
+    """Only the user's frames: what happened in script.py, not in the runner or libraries. A Text:
+    it can be huge (thousands of frames, a huge message); fit_error shortens it. The exception's
+    own lines at its end are shortened here to the length of a message, so that a huge message
+    leaves room for the frames. Every part is read defensively: a broken linecache entry, a
+    __notes__ that raises, or a MemoryError costs that part, never the report."""
     try:
-        str(exc)
-        return True
+        frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == SCRIPT_NAME]
+        lines = traceback.format_list(frames)
     except BaseException:  # noqa: BLE001
-        return False
+        lines = ["  (the frames could not be read)\n"]
+    try:
+        ending = traceback.format_exception_only(type(exc), exc) if text is not None else [name]
+    except BaseException:  # noqa: BLE001
+        ending = [name, ": ", text] if text else [name]
+    ending = Text(*ending)
+    if ending.length > MESSAGE_LIMITS["message"]:
+        # Shortened before its final newline, so that its count matches the message's.
+        if ending.parts[-1].endswith("\n"):
+            ending.parts[-1] = ending.parts[-1][:-1]
+            ending.length -= 1
+        ending = Text(shorten(ending, MESSAGE_LIMITS["message"]))
+    if ending.tail(1) != "\n":
+        ending = Text(*ending.parts, "\n")
+    return Text("Traceback (most recent call last):\n", *lines, *ending.parts)
 
 
 def _last_user_line(exc):
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == SCRIPT_NAME]
-    return frames[-1].lineno if frames else None
+    try:
+        frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == SCRIPT_NAME]
+        line = frames[-1].lineno if frames else None
+        return line if isinstance(line, int) else None
+    except BaseException:  # noqa: BLE001
+        return None
 
 
 def _has_top_level_main(tree):
@@ -162,10 +312,10 @@ def run(job, channel):
     except SyntaxError as exc:
         return channel.send_error(
             "syntax_error",
-            f"{exc.msg} (script.py, line {exc.lineno})",
+            Text(_safe_str(exc.msg), f" (script.py, line {exc.lineno})"),
             line=exc.lineno,
             column=exc.offset,
-            text=(exc.text or "").rstrip("\n")[:1000] or None,
+            text=(_safe_str(exc.text).rstrip("\n") or None) if exc.text is not None else None,
         )
     except (ValueError, RecursionError, MemoryError) as exc:  # null bytes, absurd nesting
         return channel.send_error("syntax_error", _safe_str(exc), line=None, column=None)
@@ -190,27 +340,44 @@ def run(job, channel):
             value = asyncio.run(_await(value))
     except SystemExit as exc:
         _flush_std_streams()
-        return channel.send_error("killed", f"the script called sys.exit({_safe_str(exc.code, 200)}) before main() returned", exit_code=_exit_code(exc.code))
+        shown = shorten(_safe_str(exc.code), _EXIT_ARG_SHOWN)
+        return channel.send_error("killed", f"the script called sys.exit({shown}) before main() returned", exit_code=_exit_code(exc.code))
     except MemoryError:
         _flush_std_streams()
         return channel.send_error("memory_limit", "the script ran out of memory (MemoryError)")
     except BaseException as exc:  # noqa: BLE001 - every user failure is reported, never raised
         _flush_std_streams()
-        return channel.send_error(
-            "runtime_error",
-            f"{_safe_type_name(exc)}: {_safe_str(exc)}",
-            exception=_safe_type_name(exc),
-            line=_last_user_line(exc),
-            traceback=_user_traceback(exc),
-        )
+        return _send_exception(channel, exc)
     _flush_std_streams()
     channel.send_result(value)
+
+
+def _send_exception(channel, exc):
+    """A runtime_error for what the script raised, whatever its name, str() and traceback are."""
+    name = _safe_type_name(exc)
+    text = _str_or_none(exc)
+    # The message begins with the exception field as sent (so a huge name leaves room for the text).
+    shown = shorten(name, MESSAGE_LIMITS["exception"])
+    message = Text(shown, ": ", text) if text is not None else Text(shown, ": <", shown, " whose str() failed>")
+    try:
+        trace = _user_traceback(exc, name, text)
+    except BaseException:  # noqa: BLE001 - e.g. MemoryError: the rest is still reported
+        trace = Text("Traceback (most recent call last):\n  (the traceback could not be read)\n", shown, "\n")
+    return channel.send_error("runtime_error", message, exception=name, line=_last_user_line(exc), traceback=trace)
+
+
+# The largest exit code sent as it is: beyond it, a JSON number is no longer an exact integer
+# (nor, past 4300 digits, something json.dumps writes at all).
+_MAX_EXIT_CODE = 2**53 - 1
 
 
 def _exit_code(code):
     if code is None:
         return 0
-    return code if isinstance(code, int) and not isinstance(code, bool) else 1
+    if not isinstance(code, int) or isinstance(code, bool):
+        return 1
+    code = int.__index__(code)
+    return code if -_MAX_EXIT_CODE <= code <= _MAX_EXIT_CODE else 1
 
 
 async def _await(awaitable):
@@ -224,7 +391,7 @@ def main():
     try:
         channel.layers = confine.confine(job["confine"], job["limits"])
     except Exception as exc:  # noqa: BLE001 - no user code runs without every required layer
-        channel.send_error("sandbox_error", f"confinement failed: {exc}")
+        channel.send_error("sandbox_error", Text("confinement failed: ", _safe_str(exc)))
         os._exit(EXIT_CONFINEMENT_FAILED)
     # Every layer is on: say so before any user code. The script can write to the channel too
     # (it is a descriptor of this very process), but it cannot unwrite this byte, so the service

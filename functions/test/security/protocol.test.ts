@@ -137,6 +137,98 @@ describe.each(sandboxModes())('security: protocol spoofing in %s mode', (mode) =
     expect(answer.body.error.exception).toBe('Evil');
   });
 
+  // The runner's message must fit runnerMessageSchema whatever the script raises: a message over
+  // a field's maxLength (or over the channel's byte cap) would read as "invalid", i.e. `killed`.
+  const SHORTENED = /\.\.\. \[shortened: \d+ characters in all/;
+
+  c('an exception with a 300 kB message', 'runner shortens every field to the channel schema, visibly', async () => {
+    const answer = await attack(service, py('def main():', "    raise ValueError('x' * 300000)"));
+    expect(answer.status).toBe(422);
+    expect(answer.body.error.type).toBe('runtime_error');
+    expect(answer.body.error.exception).toBe('ValueError');
+    expect(answer.body.error.line).toBe(2);
+    expect(answer.body.error.message).toMatch(/^ValueError: x{1000}/);
+    expect(answer.body.error.message).toContain('[shortened: 300012 characters in all]');
+    expect(answer.body.error.message.length).toBeLessThanOrEqual(20000);
+    expect(answer.body.error.traceback).toMatch(/^Traceback \(most recent call last\):\n/);
+    expect(answer.body.error.traceback).toMatch(SHORTENED);
+    expect(answer.body.error.traceback.length).toBeLessThanOrEqual(200000);
+  });
+
+  c('an exception with a 300 kB message of 4-byte characters (12 bytes each as escaped JSON)', 'runner keeps the whole message within the channel byte cap', async () => {
+    const answer = await attack(service, py('def main():', "    raise ValueError('\\U0001F600' * 300000)"));
+    expect(answer.status).toBe(422);
+    expect(answer.body.error.type).toBe('runtime_error');
+    expect(answer.body.error.exception).toBe('ValueError');
+    expect(answer.body.error.message).toMatch(/^ValueError: \u{1F600}{100}/u);
+    expect(answer.body.error.message).toMatch(SHORTENED);
+    expect(answer.body.error.traceback).toMatch(SHORTENED);
+  });
+
+  c('an exception type with a 3 kB name', 'runner shortens the exception name, visibly', async () => {
+    const answer = await attack(service, py('def main():', "    raise type('X' * 3000, (Exception,), {})('boom')"));
+    expect(answer.status).toBe(422);
+    expect(answer.body.error.type).toBe('runtime_error');
+    expect(answer.body.error.exception).toMatch(/^X{1000}/);
+    expect(answer.body.error.exception).toContain('[shortened: 3000 characters in all]');
+    expect(answer.body.error.exception.length).toBeLessThanOrEqual(2000);
+    expect(answer.body.error.message).toBe(`${answer.body.error.exception}: boom`);
+    expect(answer.body.error.traceback).toContain(`${'X'.repeat(3000)}: boom`);
+  });
+
+  c('a recursion as deep as RecursionError allows, ending in an ordinary exception (a traceback over 200 kB)', 'runner shortens the middle of the traceback, visibly', async () => {
+    const comment = '#'.repeat(250);
+    const answer = await attack(
+      service,
+      py(
+        'def down(n):',
+        '    try:',
+        `        return across(n + 1)  ${comment}`,
+        '    except RecursionError:',
+        "        raise ValueError(f'bottom of a recursion {n} calls deep') from None",
+        'def across(n):',
+        `    return down(n + 1)  ${comment}`,
+        'def main():',
+        '    down(0)',
+      ),
+    );
+    expect(answer.status).toBe(422);
+    expect(answer.body.error.type).toBe('runtime_error');
+    expect(answer.body.error.exception).toBe('ValueError');
+    expect(answer.body.error.line).toBe(5);
+    expect(answer.body.error.message).toMatch(/^ValueError: bottom of a recursion \d+ calls deep$/);
+    const traceback: string = answer.body.error.traceback;
+    expect(traceback.length).toBeLessThanOrEqual(200000);
+    expect(traceback).toMatch(/^Traceback \(most recent call last\):\n {2}File "script\.py", line 9, in main\n/);
+    expect(traceback).toMatch(SHORTENED);
+    // The end, where the exception was raised, is kept.
+    expect(traceback).toMatch(/line 5, in down\n.*\nValueError: bottom of a recursion \d+ calls deep\n$/s);
+  });
+
+  c('huge and failing exception parts: __str__ of 300 kB, a cause chain, a __str__ that raises, a lone surrogate', 'runner reads every part defensively and shortens it', async () => {
+    const answer = await attack(
+      service,
+      py(
+        'class Huge(Exception):',
+        "    def __str__(self): return 'h' * 300000",
+        "Raises = type('R' * 3000, (Exception,), {'__str__': lambda self: 1 / 0})",
+        'def main():',
+        '    try:',
+        '        try:',
+        "            raise Huge('inner')",
+        '        except Huge as exc:',
+        '            raise Raises() from exc',
+        '    except Exception as exc:',
+        "        raise ValueError('lone \\ud800 surrogate ' + 'y' * 300000) from exc",
+      ),
+    );
+    expect(answer.status).toBe(422);
+    expect(answer.body.error.type).toBe('runtime_error');
+    expect(answer.body.error.exception).toBe('ValueError');
+    expect(answer.body.error.message.startsWith('ValueError: lone \ud800 surrogate yyy')).toBe(true);
+    expect(answer.body.error.message).toContain('[shortened: ');
+  });
+
   const exits: Array<[string, string, string]> = [
     ['os._exit(0) before returning', 'import os\ndef main():\n    os._exit(0)\n', 'killed'],
     ['SystemExit(0)', 'def main():\n    raise SystemExit(0)\n', 'killed'],
