@@ -1,6 +1,6 @@
 /** The OpenAPI 3.1 document, assembled from the same schemas ajv validates with. */
 import { ERROR_TYPES } from './errors';
-import { errorSchema, executeRequestSchema, executeSuccessSchema } from './schemas';
+import { ARGS_MAX_DEPTH, errorSchema, executeRequestSchema, executeSuccessSchema } from './schemas';
 import { SETTINGS } from './config';
 
 const strip = <T extends object>(schema: T): Omit<T, '$id'> => {
@@ -34,7 +34,8 @@ export function openApiDocument(): Record<string, unknown> {
         'POST a Python script that defines main(); it runs in a sandbox (nsjail, or seccomp + rlimits) and the answer carries ' +
         "main()'s return value as JSON plus everything the script printed. Default limits: " +
         `${limits.SCRIPT_TIMEOUT_MS} ms wall time, ${limits.SCRIPT_MEMORY_MB} MiB memory, ${limits.REQUEST_MAX_BYTES}-byte requests, ` +
-        `${limits.OUTPUT_MAX_BYTES}-byte stdout/stderr each, ${limits.RESULT_MAX_BYTES}-byte results (GET /healthz shows the effective ones).`,
+        `${limits.OUTPUT_MAX_BYTES}-byte stdout/stderr each, ${limits.RESULT_MAX_BYTES}-byte results (GET /healthz shows the effective ones). ` +
+        `Fixed: args nest at most ${ARGS_MAX_DEPTH} levels deep.`,
     },
     paths: {
       '/execute': {

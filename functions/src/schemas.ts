@@ -4,6 +4,14 @@
  */
 import { ERROR_TYPES } from './errors';
 
+/**
+ * How deeply `args` may nest: arrays and objects count, `args` itself is level 1. Deeper input is
+ * refused by validation.ts before anything recurses into it: JSON.parse copes with any depth, but
+ * JSON.stringify (of the job sent to the runner) overflows the stack at a few thousand levels.
+ * Not a JSON Schema keyword, so it lives here beside the schema and is stated in its description.
+ */
+export const ARGS_MAX_DEPTH = 64;
+
 export const executeRequestSchema = {
   $id: 'ExecuteRequest',
   type: 'object',
@@ -17,7 +25,7 @@ export const executeRequestSchema = {
     },
     args: {
       type: 'object',
-      description: 'Keyword arguments: main(**args). Any JSON values.',
+      description: `Keyword arguments: main(**args). Any JSON values, nested at most ${ARGS_MAX_DEPTH} levels deep (arrays and objects count; args itself is level 1); deeper is invalid_request.`,
     },
   },
 } as const;

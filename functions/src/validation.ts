@@ -1,16 +1,71 @@
 /** ajv validators compiled once from schemas.ts, with error messages that name the field. */
 import Ajv, { type ErrorObject, type ValidateFunction } from 'ajv';
 import { ApiError } from './errors';
-import { executeRequestSchema, runnerMessageSchema, type ExecuteRequest, type RunnerMessage } from './schemas';
+import { ARGS_MAX_DEPTH, executeRequestSchema, runnerMessageSchema, type ExecuteRequest, type RunnerMessage } from './schemas';
 
 const ajv = new Ajv({ allErrors: false, strict: true, allowUnionTypes: true });
 
 const validateRequest: ValidateFunction<ExecuteRequest> = ajv.compile<ExecuteRequest>(executeRequestSchema);
 const validateRunnerMessage: ValidateFunction<RunnerMessage> = ajv.compile<RunnerMessage>(runnerMessageSchema);
 
+/**
+ * Validates a body as JSON.parse returned it. Besides the schema, this is what keeps every later
+ * step (the JSON.stringify of the job for the runner, on the cold and the warm path) from throwing:
+ *
+ * - Depth: JSON.parse accepts any nesting (V8 parses iteratively), but JSON.stringify recurses and
+ *   overflows the stack at a few thousand levels (a 500 after admission, and on the warm path after
+ *   a pre-forked child was taken). So `args` is measured first, without recursion, before ajv (whose
+ *   generated code may recurse) and before anything serializes it. Other fields need no such check:
+ *   the schema only looks at their type, and refuses them (`script` must be a string, unknown
+ *   fields are refused by name) without walking into them.
+ * - Everything else that makes JSON.stringify throw cannot come out of JSON.parse: cycles, BigInt,
+ *   callable toJSON (a "toJSON" key holds plain data, which JSON.stringify ignores as a hook).
+ * - Keys like "__proto__" or "constructor": JSON.parse makes them own data properties (nothing is
+ *   changed on any prototype), JSON.stringify writes them back as they came, ajv refuses them at the
+ *   top level as unknown fields, and the depth walk below reads only own values.
+ * - Size (huge strings, many keys, long arrays) is bounded by REQUEST_MAX_BYTES before parsing; the
+ *   walk and JSON.stringify are linear in it, without recursion.
+ */
 export function parseExecuteRequest(body: unknown): ExecuteRequest {
+  if (isPlainObject(body) && Object.prototype.hasOwnProperty.call(body, 'args') && nestsDeeperThan(body.args, ARGS_MAX_DEPTH)) {
+    throw new ApiError(
+      'invalid_request',
+      `"args" nests deeper than ${ARGS_MAX_DEPTH} levels (arrays and objects count; "args" itself is level 1)`,
+      { field: 'args' },
+    );
+  }
   if (validateRequest(body)) return body;
   throw new ApiError('invalid_request', describe(validateRequest.errors?.[0]), { field: fieldOf(validateRequest.errors?.[0]) });
+}
+
+/**
+ * Whether a JSON value nests arrays/objects more than maxDepth levels deep (a scalar is level 0,
+ * `{}`, `[]` and `{"a": 1}` are level 1, `{"a": []}` is level 2). Iterative with an explicit stack,
+ * so no input can overflow the call stack; it stops at the first container past the limit. Meant
+ * for JSON.parse output, which is a tree (no shared or cyclic references).
+ */
+export function nestsDeeperThan(value: unknown, maxDepth: number): boolean {
+  if (!isContainer(value)) return false;
+  if (maxDepth < 1) return true;
+  const stack: Array<{ node: object; depth: number }> = [{ node: value, depth: 1 }];
+  for (let item = stack.pop(); item; item = stack.pop()) {
+    // Object.values reads own enumerable properties only: an own "__proto__" key is just a value.
+    const children: unknown[] = Array.isArray(item.node) ? item.node : Object.values(item.node);
+    for (const child of children) {
+      if (!isContainer(child)) continue;
+      if (item.depth + 1 > maxDepth) return true;
+      stack.push({ node: child, depth: item.depth + 1 });
+    }
+  }
+  return false;
+}
+
+function isContainer(value: unknown): value is object {
+  return typeof value === 'object' && value !== null;
+}
+
+function isPlainObject(value: unknown): value is Record<string, unknown> {
+  return isContainer(value) && !Array.isArray(value);
 }
 
 export function isRunnerMessage(value: unknown): value is RunnerMessage {

@@ -117,6 +117,74 @@ describe('validation: 400 invalid_request naming the field', () => {
   });
 });
 
+describe('nesting depth (a service with the default 1 MiB REQUEST_MAX_BYTES, so deep bodies fit)', () => {
+  let roomy: RunningService;
+  beforeAll(async () => {
+    roomy = await startService({}, 'seccomp');
+  });
+  afterAll(async () => {
+    await roomy?.stop();
+  });
+
+  const postRoomy = (body: string) => request(`${roomy.url}/execute`, { method: 'POST', headers: { 'content-type': 'application/json' }, body });
+  const nested = (levels: number) => `${'['.repeat(levels)}1${']'.repeat(levels)}`;
+  const DEPTH_SCRIPT = 'def depth(v):\n    return 1 + max([depth(x) for x in (v.values() if isinstance(v, dict) else v)], default=0) if isinstance(v, (dict, list)) else 0\ndef main(**kw):\n    return depth(kw)';
+
+  function expectTooDeep(answer: { status: number; body: any; headers: Headers }) {
+    expectError(answer, 400, 'invalid_request');
+    expect(answer.body.error.field).toBe('args');
+    expect(answer.body.error.message).toContain('"args" nests deeper than 64 levels');
+  }
+
+  test('args 5,000 levels deep: 400 invalid_request naming "args"', async () => {
+    expectTooDeep(await postRoomy(`{"script": "def main(**kw):\\n    return 1", "args": {"a": ${nested(5000)}}}`));
+  });
+
+  test('args 64 levels deep run, and the script sees all 64', async () => {
+    const answer = await postRoomy(JSON.stringify({ script: DEPTH_SCRIPT, args: { a: JSON.parse(nested(63)) } }));
+    expect(answer.status).toBe(200);
+    expect(answer.body.result).toBe(64);
+    expectTooDeep(await postRoomy(JSON.stringify({ script: DEPTH_SCRIPT, args: { a: JSON.parse(nested(64)) } })));
+  });
+
+  test('args nested as deep as 1 MiB allows: 400 invalid_request naming "args"', async () => {
+    const prefix = '{"script": "def main(): pass", "args": {"a": ';
+    const levels = Math.floor((1024 * 1024 - prefix.length - 3) / 2);
+    const body = `${prefix}${'['.repeat(levels)}${']'.repeat(levels)}}}`;
+    expect(Buffer.byteLength(body)).toBeLessThanOrEqual(1024 * 1024);
+    expectTooDeep(await postRoomy(body));
+  });
+
+  test('a body of 1 MiB of "[": 400 invalid_request (not JSON), no crash', async () => {
+    const answer = await postRoomy('['.repeat(1024 * 1024));
+    expectError(answer, 400, 'invalid_request');
+    expect(answer.body.error.message).toMatch(/not valid JSON/);
+  });
+
+  test('a body that is 512 Ki levels of nested arrays: 400 invalid_request (not an object)', async () => {
+    const answer = await postRoomy(`${'['.repeat(512 * 1024 - 1)}${']'.repeat(512 * 1024 - 1)}`);
+    expectError(answer, 400, 'invalid_request');
+    expect(answer.body.error.message).toBe('the request body must be a JSON object');
+  });
+
+  test('deep values in other fields are refused by name', async () => {
+    const script = await postRoomy(`{"script": ${nested(5000)}}`);
+    expectError(script, 400, 'invalid_request');
+    expect(script.body.error.field).toBe('script');
+    const extra = await postRoomy(`{"script": "def main(): pass", "extra": ${nested(5000)}}`);
+    expectError(extra, 400, 'invalid_request');
+    expect(extra.body.error.field).toBe('extra');
+  });
+
+  test('afterwards the service still runs a normal script, and never answered 500', async () => {
+    const answer = await postRoomy('{"script": "def main(n):\\n    return n * 2", "args": {"n": 21}}');
+    expect(answer.status).toBe(200);
+    expect(answer.body.result).toBe(42);
+    expect(roomy.process.exitCode).toBeNull();
+    expect(roomy.logs.join('\n')).not.toContain('internal_error');
+  });
+});
+
 test('the service still answers after all of the above', async () => {
   const answer = await post('{"script":"def main():\\n    return \\"alive\\""}');
   expect(answer.body.result).toBe('alive');

@@ -66,6 +66,11 @@ function requireJson(req: IncomingMessage): void {
   }
 }
 
+/**
+ * JSON.parse does not recurse (V8 parses iteratively): a body of 1 MiB of '[' is a SyntaxError, and
+ * a body nested arbitrarily deep parses; parseExecuteRequest then bounds the depth of `args` before
+ * anything walks or serializes it. Whatever JSON.parse throws comes from the client's body: 400.
+ */
 function parseJson(raw: Buffer): unknown {
   if (raw.length === 0) throw new ApiError('invalid_request', 'the request body is empty; send a JSON object with a "script" field');
   try {
