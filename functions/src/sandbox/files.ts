@@ -5,10 +5,12 @@
  * uids cannot enter (a 0700 home directory, a `mktemp -d` clone); the service's own files then
  * stay closed to them too.
  */
-import { promises as fs } from 'fs';
+import { randomBytes } from 'crypto';
+import { promises as fs, lstatSync } from 'fs';
 import * as path from 'path';
 import type { Config } from '../config';
-import { prepareWorkRoot } from './workRoot';
+import type { Logger } from '../logging';
+import { disposeOf, prepareWorkRoot, type WorkRootCleanup } from './workRoot';
 
 export interface SandboxFiles {
   /** Holds runner/ and seccomp-policy.json, laid out as in sandbox-image/. */
@@ -19,14 +21,15 @@ export interface SandboxFiles {
   nsjailDir: string;
   /** The warm path's socket directory: created by its channel server, bound into the zygote's jail. */
   warmDir: string;
+  /** What start-up found in the work root and removed or quarantined (already logged when a logger was given). */
+  workRootCleanup?: WorkRootCleanup;
 }
 
-export async function stageSandboxFiles(config: Config): Promise<SandboxFiles> {
-  await prepareWorkRoot(config.workRoot);
-  const dir = path.join(config.workRoot, `sandbox-${process.pid}`);
-  await fs.rm(dir, { recursive: true, force: true });
+export async function stageSandboxFiles(config: Config, logger?: Logger): Promise<SandboxFiles> {
+  const workRootCleanup = await prepareWorkRoot(config.workRoot, logger);
+  const dir = await freshDirectory(config.workRoot, `sandbox-${process.pid}`, logger);
   const runnerDir = path.join(dir, 'runner');
-  await fs.mkdir(runnerDir, { recursive: true, mode: 0o755 });
+  await fs.mkdir(runnerDir, { mode: 0o755 });
   await fs.chmod(dir, 0o755);
   const source = path.join(config.sandboxDir, 'runner');
   for (const name of await fs.readdir(source)) {
@@ -42,6 +45,37 @@ export async function stageSandboxFiles(config: Config): Promise<SandboxFiles> {
     runnerDir,
     policyFile,
     nsjailDir: path.join(config.sandboxDir, 'nsjail'),
-    warmDir: path.join(config.workRoot, `warm-${process.pid}`),
+    warmDir: await freeName(config.workRoot, `warm-${process.pid}`, logger),
+    workRootCleanup,
   };
+}
+
+/**
+ * A new directory named name in the work root. What an earlier instance with the same pid (pids
+ * repeat across container restarts) left under that name is removed or quarantined first; should
+ * it still be there (it could be neither removed nor moved), a fresh name with the same prefix is
+ * used instead, so start-up never depends on it. Created 0700; the caller sets its mode.
+ */
+async function freshDirectory(workRoot: string, name: string, logger?: Logger): Promise<string> {
+  const dir = path.join(workRoot, name);
+  await disposeOf(workRoot, dir, logger);
+  try {
+    await fs.mkdir(dir, { mode: 0o700 });
+    return dir;
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
+    return fs.mkdtemp(`${dir}-`);
+  }
+}
+
+/** name, or name-<random> when something that cannot be removed holds name (its creator makes the directory). */
+async function freeName(workRoot: string, name: string, logger?: Logger): Promise<string> {
+  const dir = path.join(workRoot, name);
+  await disposeOf(workRoot, dir, logger);
+  try {
+    lstatSync(dir);
+    return `${dir}-${randomBytes(6).toString('hex')}`;
+  } catch {
+    return dir;
+  }
 }
