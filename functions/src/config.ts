@@ -6,10 +6,12 @@ import * as os from 'os';
 import * as path from 'path';
 
 export type SandboxModeSetting = 'auto' | 'nsjail' | 'seccomp';
+export type CgroupSetting = 'auto' | 'v2' | 'v1' | 'off';
 
 export interface Config {
   port: number;
   sandboxMode: SandboxModeSetting;
+  sandboxCgroups: CgroupSetting;
   nsjailPath: string;
   sandboxPython: string;
   sandboxDir: string;
@@ -53,16 +55,17 @@ export function defaultConcurrency(memoryMb: number, cpus = os.cpus().length, to
 export const SETTINGS: Setting[] = [
   { env: 'PORT', default: '8080', description: 'HTTP port (read by the Functions Framework; Cloud Run sets it).' },
   { env: 'SANDBOX_MODE', default: 'auto', description: '`auto`, `nsjail` or `seccomp`. `auto` probes at start-up: nsjail if a trial jail runs, else seccomp if a filter can be installed, else every run is refused with 503.' },
+  { env: 'SANDBOX_CGROUPS', default: 'auto', description: "Per-run cgroups, in every mode and path: the kernel holds a run's memory (shared memory, memfds and tmpfs pages included; swap off) to SCRIPT_MEMORY_MB and its tasks to SCRIPT_MAX_PROCESSES, and ends the run through its cgroup. `auto` proves v2 (a delegated subtree with memory and pids), then v1 (memory and pids, plus freezer when mounted), then runs without (the usage sampler alone); `v2` or `v1` refuses every run (503) when that one is not usable; `off` never uses cgroups." },
   { env: 'NSJAIL_PATH', default: 'nsjail (on PATH)', description: 'The nsjail binary.' },
   { env: 'SANDBOX_PYTHON', default: '/usr/bin/python3', description: "The sandbox's interpreter (Debian's, with python3-numpy, python3-pandas and python3-seccomp). In nsjail mode it must live under /usr." },
   { env: 'SANDBOX_DIR', default: '<repo>/sandbox-image', description: 'Holds `runner/`, `nsjail/` (the jails: `python.cfg`, `zygote.cfg`, `filesystem.cfg`) and `seccomp-policy.json` (the image uses /opt/sandbox). The runner and the policy are copied at start-up into SANDBOX_WORK_ROOT, so the checkout may sit where run uids cannot read (a 0700 home directory, a `mktemp -d` clone).' },
   { env: 'SANDBOX_WORK_ROOT', default: '<os tmpdir>/pyexec-runs', description: "What the service creates at run time (0711, root-owned): the staged runner and policy, each run's private directory (seccomp mode), the warm path's socket. Every entry carries the service's pid; it is removed when the service exits, or at the next start if the service was killed." },
   { env: 'SCRIPT_TIMEOUT_MS', default: '10000', description: 'Wall-clock limit of one run (queue time not included). CPU time is limited to the same number of seconds, rounded up.' },
-  { env: 'SCRIPT_MEMORY_MB', default: '512', description: "Memory of a run: RLIMIT_AS of each of its processes, and the sum over all of them (the service's sampler, or the cgroup limit when nsjail can use cgroup v2); over it is `memory_limit`." },
-  { env: 'SCRIPT_MAX_PROCESSES', default: '32', description: 'Processes and threads a run may have at once (RLIMIT_NPROC for its own uid).' },
+  { env: 'SCRIPT_MEMORY_MB', default: '512', description: "Memory of a run: the sum over all its processes, shared memory, memfds and tmpfs files included (the run's cgroup; without one, the service's sampler), and RLIMIT_AS of each process; over it is `memory_limit`." },
+  { env: 'SCRIPT_MAX_PROCESSES', default: '32', description: "Processes and threads a run may have at once (RLIMIT_NPROC for its own uid, and the run cgroup's pids limit)." },
   { env: 'SCRIPT_MAX_OPEN_FILES', default: '256', description: 'Open file descriptors per process (RLIMIT_NOFILE).' },
   { env: 'SCRIPT_MAX_FILE_MB', default: '16', description: 'Largest file a run may write (RLIMIT_FSIZE).' },
-  { env: 'SCRIPT_TMP_MB', default: '64', description: "Disk a run may fill: nsjail mode's private tmpfs /tmp; seccomp mode's private directory (sampled, with at most 10000 entries)." },
+  { env: 'SCRIPT_TMP_MB', default: '64', description: "Disk a run may fill: nsjail mode's private tmpfs /tmp; seccomp mode's private directory plus the files the run holds open or mapped after unlinking them (sampled, with at most 10000 entries)." },
   { env: 'OUTPUT_MAX_BYTES', default: '1048576', description: 'Captured stdout and captured stderr are each cut at this many bytes (`truncated` says so); the rest is read and dropped.' },
   { env: 'RESULT_MAX_BYTES', default: '1048576', description: "Largest JSON encoding of main()'s return value; larger is `result_too_large`." },
   { env: 'REQUEST_MAX_BYTES', default: '1048576', description: 'Largest request body; larger is refused with 413 before it is read.' },
@@ -102,11 +105,16 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   if (mode !== 'auto' && mode !== 'nsjail' && mode !== 'seccomp') {
     throw new ConfigError(`SANDBOX_MODE must be auto, nsjail or seccomp, got "${mode}"`);
   }
+  const cgroups = (env.SANDBOX_CGROUPS || 'auto').trim();
+  if (cgroups !== 'auto' && cgroups !== 'v2' && cgroups !== 'v1' && cgroups !== 'off') {
+    throw new ConfigError(`SANDBOX_CGROUPS must be auto, v2, v1 or off, got "${cgroups}"`);
+  }
   const scriptMemoryMb = integer(env, 'SCRIPT_MEMORY_MB', 512, 64, 65536);
   const maxConcurrentRuns = integer(env, 'MAX_CONCURRENT_RUNS', defaultConcurrency(scriptMemoryMb), 1, 1000);
   return {
     port: integer(env, 'PORT', 8080, 0, 65535),
     sandboxMode: mode,
+    sandboxCgroups: cgroups,
     nsjailPath: env.NSJAIL_PATH || 'nsjail',
     sandboxPython: env.SANDBOX_PYTHON || '/usr/bin/python3',
     sandboxDir: path.resolve(env.SANDBOX_DIR || path.join(REPO_ROOT, 'sandbox-image')),

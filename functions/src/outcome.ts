@@ -45,6 +45,14 @@ export function interpret(report: RunReport, context: RunContext): Outcome {
   if (report.aborted && context.abortReason === 'shutdown' && report.channel.kind !== 'message') {
     return fail('shutting_down', 'the instance shut down before the run finished; retry the request');
   }
+  // A run over an aggregate limit is reported as such even if main() returned meanwhile: the
+  // kernel (or the sampler) already ended some of its processes.
+  if (report.exceeded?.kind === 'memory') {
+    return fail('memory_limit', report.exceeded.message, { signal: report.signal ?? 'SIGKILL' });
+  }
+  if (report.exceeded?.kind === 'disk') {
+    return fail('killed', report.exceeded.message, { signal: report.signal ?? 'SIGKILL' });
+  }
   if (report.channel.kind === 'message') {
     const message = report.channel.message;
     if (message.status === 'ok') {
@@ -55,12 +63,6 @@ export function interpret(report: RunReport, context: RunContext): Outcome {
       return { status: 503, type: 'sandbox_unavailable', body: { error: { type: 'sandbox_unavailable', message: text }, request_id: context.requestId } };
     }
     return fail(type, text, details);
-  }
-  if (report.exceeded?.kind === 'memory') {
-    return fail('memory_limit', report.exceeded.message, { signal: report.signal ?? 'SIGKILL' });
-  }
-  if (report.exceeded?.kind === 'disk') {
-    return fail('killed', report.exceeded.message, { signal: report.signal ?? 'SIGKILL' });
   }
   if (report.timedOut) {
     return fail('timeout', `the script did not finish within its time limit of ${context.timeoutMs} ms`);

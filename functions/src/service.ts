@@ -36,7 +36,7 @@ export function createService(config: Config, logger = new Logger(config.project
           path: null,
           reason: `the start-up probe failed: ${error.message}`,
           requested: config.sandboxMode,
-          capabilities: { running_as_root: detail, seccomp: detail, landlock: { ...detail, abi: 0 }, nsjail: detail, cgroup_v2: detail, warm_pool: detail },
+          capabilities: { running_as_root: detail, seccomp: detail, landlock: { ...detail, abi: 0 }, nsjail: detail, cgroups: { ...detail, version: null, controllers: [] }, warm_pool: detail },
         },
       };
     },

@@ -233,6 +233,7 @@ def syscall_unknown(seccomp, name):
 
 CLONE_FLAGS = {
     "CLONE_NEWTIME": 0x00000080,
+    "CLONE_PARENT": 0x00008000,
     "CLONE_NEWNS": 0x00020000,
     "CLONE_NEWCGROUP": 0x02000000,
     "CLONE_NEWUTS": 0x04000000,

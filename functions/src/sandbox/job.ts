@@ -118,6 +118,17 @@ export function sandboxEnvironment(workdir: string): Record<string, string> {
   };
 }
 
+/**
+ * The cold path's command line: the launcher (sandbox-image/runner/launcher.py, run as the
+ * service's user) starts `command` in the run's cgroup and, with a uid, as the run's uid, reaps
+ * what the run leaves behind, and reports the command's exit on statusFd.
+ */
+export function launcherArgv(python: string, runnerDir: string, run: { statusFd: number; uid?: number; join: string[] }, command: string[]): string[] {
+  const flags = ['--status-fd', String(run.statusFd), ...(run.uid === undefined ? [] : ['--uid', String(run.uid)]), ...run.join.flatMap((file) => ['--join', file])];
+  // -S: no site module, so nothing of the host's site-packages is imported by the service's own helper.
+  return [python, '-I', '-S', '-B', `${runnerDir}/launcher.py`, ...flags, '--', ...command];
+}
+
 export function runnerArgv(python: string, runnerDir: string): string[] {
   // -I: ignore PYTHON* variables and the user site; -B: write no .pyc; -u: output in order.
   return [python, '-I', '-B', '-u', `${runnerDir}/runner.py`];

@@ -1,14 +1,18 @@
 /**
- * nsjail mode: one jail per cold run from the rendered python.cfg. The runner inside still applies
- * the same seccomp policy and Landlock on top of the namespaces.
+ * nsjail mode: one jail per cold run from the rendered python.cfg, started by the launcher inside
+ * the run's cgroup (where the host has one), so the jail and all it starts are limited and killed
+ * with it. The runner inside still applies the same seccomp policy and Landlock on top of the
+ * namespaces.
  */
 import type { Config } from '../config';
-import { channelMaxBytes, JAIL_RUNNER_DIR, jailRunnerPaths, runnerArgv, runnerJob } from './job';
-import { runProcess } from './processRun';
+import type { RunCgroup, RunCgroups } from './cgroup/cgroups';
+import type { SandboxFiles } from './files';
+import { channelMaxBytes, JAIL_RUNNER_DIR, jailRunnerPaths, launcherArgv, runnerArgv, runnerJob } from './job';
+import { runProcess, statusFdOf } from './processRun';
 import type { RunReport, RunRequest, Sandbox } from './types';
-import { withUsageNote } from './types';
+import { failedRun, withUsageNote } from './types';
 import { killAllOfUid } from './uidReaper';
-import { runUsageLimits } from './usageWatch';
+import { memoryVerdict, runUsageLimits } from './usageWatch';
 
 /** The uid (and gid) a script has inside the jail. */
 const INSIDE_ID = 1000;
@@ -16,8 +20,6 @@ const INSIDE_ID = 1000;
 export interface NsjailOptions {
   binary: string;
   configFile: string;
-  /** Extra flags found usable by the probe (cgroup v2 limits). */
-  extraFlags: string[];
 }
 
 export class NsjailSandbox implements Sandbox {
@@ -25,37 +27,61 @@ export class NsjailSandbox implements Sandbox {
   readonly path = 'cold' as const;
   private readonly isRoot = process.getuid?.() === 0;
 
-  constructor(private readonly config: Config, private readonly options: NsjailOptions) {}
+  constructor(
+    private readonly config: Config,
+    private readonly files: SandboxFiles,
+    private readonly options: NsjailOptions,
+    private readonly cgroups: RunCgroups | undefined,
+  ) {}
 
   async run(request: RunRequest): Promise<RunReport> {
+    let cgroup: RunCgroup | undefined;
+    try {
+      cgroup = this.cgroups?.create(request.slot);
+    } catch (error) {
+      return failedRun(this.mode, `the run's cgroup could not be created: ${(error as Error).message}`);
+    }
+    try {
+      return await this.runIn(cgroup, request);
+    } finally {
+      await cgroup?.destroy();
+    }
+  }
+
+  private async runIn(cgroup: RunCgroup | undefined, request: RunRequest): Promise<RunReport> {
     const outsideId = this.isRoot ? this.config.sandboxUidBase + request.slot : process.getuid!();
     const job = runnerJob(this.config, jailRunnerPaths(), request.script, request.args);
-    const args = [
+    const nsjail = [
+      this.options.binary,
       '--config', this.options.configFile,
       '--user', `${INSIDE_ID}:${outsideId}:1`,
       '--group', `${INSIDE_ID}:${outsideId}:1`,
-      ...this.options.extraFlags,
       '--', ...runnerArgv(this.config.sandboxPython, JAIL_RUNNER_DIR),
     ];
+    const argv = launcherArgv(this.config.sandboxPython, this.files.runnerDir, { statusFd: statusFdOf(1), join: cgroup?.procsFiles ?? [] }, nsjail);
+    // Aggregate memory of the jail's processes: the cgroup's verdict, or the sampler by outside uid.
+    const usage = runUsageLimits(this.config, { cgroup, uid: this.isRoot ? outsideId : undefined });
     const result = await runProcess(
-      { command: this.options.binary, args, env: {}, cwd: '/', detached: true, stdin: job, extraReadFds: 1 },
+      { argv, env: {}, cwd: '/', stdin: job, extraReadFds: 1 },
       {
         timeoutMs: this.config.scriptTimeoutMs,
         outputMaxBytes: this.config.outputMaxBytes,
         channelMaxBytes: channelMaxBytes(this.config),
         signal: request.signal,
-        // Aggregate memory of the jail's processes (outside uid), also where cgroup v2 is missing.
-        usage: this.isRoot ? runUsageLimits(this.config, outsideId) : undefined,
-        killTree: async (pid) => {
-          // Killing nsjail kills the jail's init (PR_SET_PDEATHSIG), and with it the pid namespace.
-          if (pid !== undefined) {
+        usage,
+        killRun: async (launcherPid) => {
+          if (cgroup) return cgroup.kill();
+          // Every process of the jail runs as the outside uid; when the jailed init dies, nsjail
+          // ends too and the launcher reaps it.
+          if (this.isRoot) return killAllOfUid(outsideId);
+          // Not root: the launcher's process group (nsjail is in it) is the best handle we have.
+          if (launcherPid !== undefined) {
             try {
-              process.kill(pid, 'SIGKILL');
+              process.kill(-launcherPid, 'SIGKILL');
             } catch {
               // already gone
             }
           }
-          if (this.isRoot) await killAllOfUid(outsideId);
         },
       },
     );
@@ -79,7 +105,7 @@ export class NsjailSandbox implements Sandbox {
             ? `nsjail failed to set up the jail: ${lastErrorLine(log)}`
             : undefined,
       },
-      result.exceeded,
+      result.exceeded ?? memoryVerdict(usage),
     );
   }
 }

@@ -3,9 +3,11 @@
  * delegation, seccomp or Landlock are available, so each is tried for real (a trial run through
  * the actual sandbox, not a guess from kernel version) and the mode is chosen from the findings.
  */
+import { randomBytes } from 'crypto';
 import { promises as fs, constants as fsConstants } from 'fs';
 import * as path from 'path';
 import type { Config } from '../config';
+import { probeCgroups, RunCgroups } from './cgroup/cgroups';
 import { NsjailSandbox } from './nsjailSandbox';
 import { stageSandboxFiles, type SandboxFiles } from './files';
 import { writeNsjailConfigs } from './nsjailConfig';
@@ -31,7 +33,7 @@ export interface ProbeReport {
     seccomp: Finding;
     landlock: Finding & { abi: number };
     nsjail: Finding & { path?: string };
-    cgroup_v2: Finding;
+    cgroups: Finding & { version: 'v1' | 'v2' | null; controllers: string[] };
     warm_pool: Finding;
   };
 }
@@ -65,12 +67,31 @@ export async function probe(config: Config, logger?: Logger): Promise<ProbeResul
     seccomp: { available: false, detail: 'not tried' },
     landlock: { available: false, abi: 0, detail: 'not tried' },
     nsjail: { available: false, detail: 'not tried' },
-    cgroup_v2: await probeCgroupV2(),
+    cgroups: { available: false, version: null, controllers: [], detail: 'not tried' },
     warm_pool: { available: false, detail: config.warmPool ? 'not tried' : 'WARM_POOL=off' },
   };
 
-  const files = await stageSandboxFiles(config);
-  const seccomp = new SeccompSandbox(config, files);
+  const files = await stageSandboxFiles(config, logger);
+  // Every cgroup of this instance is named with a tag of its own: pids repeat across containers.
+  const instanceTag = `${process.pid}-${randomBytes(3).toString('hex')}`;
+  const cgroupProbe = await probeCgroups(config.sandboxCgroups, instanceTag);
+  capabilities.cgroups = {
+    available: cgroupProbe.host !== null,
+    version: cgroupProbe.host?.version ?? null,
+    controllers: cgroupProbe.host?.controllers ?? [],
+    detail: cgroupProbe.detail,
+  };
+  const cgroups = cgroupProbe.host
+    ? new RunCgroups(cgroupProbe.host, instanceTag, {
+        memoryBytes: config.scriptMemoryMb * 1024 * 1024,
+        // One task more than a run may have: nsjail's own process, in nsjail mode.
+        maxTasks: config.scriptMaxProcesses + 1,
+      })
+    : undefined;
+  if (!cgroups && config.sandboxCgroups !== 'auto' && config.sandboxCgroups !== 'off') {
+    return refuse(config, capabilities, `SANDBOX_CGROUPS=${config.sandboxCgroups} but ${cgroupProbe.detail}`);
+  }
+  const seccomp = new SeccompSandbox(config, files, cgroups);
   const seccompTrial = await trialRun(seccomp);
   capabilities.seccomp = { available: seccompTrial.ok, detail: seccompTrial.detail };
   const layers = seccompTrial.report.channel.kind === 'message' ? seccompTrial.report.channel.message.layers : undefined;
@@ -94,8 +115,7 @@ export async function probe(config: Config, logger?: Logger): Promise<ProbeResul
     } else {
       try {
         const configs = await writeNsjailConfigs(config, files);
-        const extraFlags = capabilities.cgroup_v2.available ? cgroupFlags(config) : [];
-        const candidate = new NsjailSandbox(config, { binary, configFile: configs.run, extraFlags });
+        const candidate = new NsjailSandbox(config, files, { binary, configFile: configs.run }, cgroups);
         const trial = await trialRun(candidate);
         capabilities.nsjail = { available: trial.ok, path: binary, detail: trial.ok ? 'a trial jail ran (user, pid, mount, net, ipc, uts namespaces usable)' : trial.detail };
         if (trial.ok) nsjail = candidate;
@@ -127,7 +147,7 @@ export async function probe(config: Config, logger?: Logger): Promise<ProbeResul
   let sandbox = chosen.sandbox;
   if (chosen.mode && config.warmPool) {
     const boundary = chosen.mode === 'nsjail' ? nsjailWarm! : seccompBoundary(config, files);
-    const warm = await tryWarmPool(config, files, boundary, logger);
+    const warm = await tryWarmPool(config, files, boundary, cgroups, logger);
     capabilities.warm_pool = warm.finding;
     if (warm.sandbox) sandbox = warm.sandbox;
   }
@@ -135,8 +155,14 @@ export async function probe(config: Config, logger?: Logger): Promise<ProbeResul
 }
 
 /** Starts the zygote and sends one trial run through a warm child; any failure keeps the cold path. */
-async function tryWarmPool(config: Config, files: SandboxFiles, boundary: WarmBoundary, logger?: Logger): Promise<{ finding: Finding; sandbox?: WarmSandbox }> {
-  const warm = new WarmSandbox(config, files, boundary, logger);
+async function tryWarmPool(
+  config: Config,
+  files: SandboxFiles,
+  boundary: WarmBoundary,
+  cgroups: RunCgroups | undefined,
+  logger?: Logger,
+): Promise<{ finding: Finding; sandbox?: WarmSandbox }> {
+  const warm = new WarmSandbox(config, files, boundary, cgroups, logger);
   try {
     await warm.start();
     const trial = await trialRun(warm);
@@ -162,28 +188,7 @@ async function findExecutable(name: string): Promise<string | undefined> {
   return undefined;
 }
 
-/** cgroup v2 limits are usable when the unified hierarchy is mounted at /sys/fs/cgroup with memory and pids, and writable. */
-async function probeCgroupV2(): Promise<Finding> {
-  try {
-    const controllers = (await fs.readFile('/sys/fs/cgroup/cgroup.controllers', 'utf8')).split(/\s+/);
-    for (const needed of ['memory', 'pids']) {
-      if (!controllers.includes(needed)) return { available: false, detail: `cgroup v2 lacks the ${needed} controller; limits fall back to rlimits` };
-    }
-    const test = `/sys/fs/cgroup/pyexec-probe-${process.pid}`;
-    await fs.mkdir(test);
-    await fs.rmdir(test);
-    return { available: true, detail: 'cgroup v2 is writable: nsjail adds memory, pids and cpu limits per run' };
-  } catch (error) {
-    return { available: false, detail: `cgroup v2 not usable (${(error as NodeJS.ErrnoException).code ?? (error as Error).message}); limits fall back to rlimits` };
-  }
-}
-
-function cgroupFlags(config: Config): string[] {
-  return [
-    '--use_cgroupv2',
-    '--cgroupv2_mount', '/sys/fs/cgroup',
-    '--cgroup_mem_max', String(config.scriptMemoryMb * 1024 * 1024),
-    '--cgroup_pids_max', String(config.scriptMaxProcesses),
-    '--cgroup_cpu_ms_per_sec', '1000',
-  ];
+/** No sandbox: every run is refused with 503, for the reason given. */
+function refuse(config: Config, capabilities: ProbeReport['capabilities'], reason: string): ProbeResult {
+  return { report: { mode: null, path: null, reason, requested: config.sandboxMode, capabilities }, sandbox: null };
 }

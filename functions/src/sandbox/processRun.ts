@@ -1,34 +1,33 @@
 /**
- * Runs one sandboxed process: feeds it the job on stdin, captures stdout and stderr (capped),
- * reads the result channel (fd 3), and ends it early through a RunGuard (watchdog, abort, usage
- * limits). On exit the whole process tree is killed before the report is made.
+ * Runs one cold run's process through the launcher (sandbox-image/runner/launcher.py): feeds it
+ * the job on stdin, captures stdout and stderr (capped), reads the result channel (fd 3), and ends
+ * it early through a RunGuard (watchdog, abort, usage limits). The launcher reports on its last
+ * descriptor when the run's own process has exited; then everything the run left is killed, and
+ * the report is made once the launcher has reaped the last of it.
  */
 import { spawn, type StdioPipe } from 'child_process';
 import type { Readable } from 'stream';
+import { settlesWithin } from '../deadline';
 import { isRunnerMessage } from '../validation';
 import { CappedCapture, drainWithin, EMPTY_TEXT } from './capture';
 import { RunGuard, type GuardOptions } from './runGuard';
 import type { ChannelState, CapturedText, LimitExceeded } from './types';
 
 export interface ProcessPlan {
-  command: string;
-  args: string[];
+  /** The launcher's command line (launcherArgv in job.ts). */
+  argv: string[];
   env: Record<string, string>;
   cwd: string;
-  uid?: number;
-  gid?: number;
-  /** New process group, so a non-root service can still kill the tree. */
-  detached: boolean;
   stdin: Buffer;
-  /** Pipes beyond fd 3 to read (nsjail's log on fd 4). */
+  /** Pipes from fd 4 on to read (nsjail's log on fd 4); the launcher's status pipe comes after them. */
   extraReadFds: number;
 }
 
 export interface ProcessLimits extends Omit<GuardOptions, 'kill'> {
   outputMaxBytes: number;
   channelMaxBytes: number;
-  /** Kills the process and everything it started. */
-  killTree: (pid: number | undefined) => Promise<void>;
+  /** Kills every process of the run (its cgroup, or its uid); resolves when none is left. */
+  killRun: (launcherPid: number | undefined) => Promise<void>;
 }
 
 export interface ProcessResult {
@@ -47,17 +46,26 @@ export interface ProcessResult {
 
 /** How long pipes may stay open after the tree was killed before we stop waiting for them. */
 export const DRAIN_AFTER_KILL_MS = 2000;
+/** How long the launcher may take to reap what was killed before the run is reported anyway. */
+const REAP_AFTER_KILL_MS = 5000;
+
+/** The first descriptor after the standard three, the result channel and the extra pipes. */
+export function statusFdOf(extraReadFds: number): number {
+  return 4 + extraReadFds;
+}
 
 export function runProcess(plan: ProcessPlan, limits: ProcessLimits): Promise<ProcessResult> {
   const started = process.hrtime.bigint();
   const elapsedMs = () => Number(process.hrtime.bigint() - started) / 1e6;
   const stdio: StdioPipe[] = ['pipe', 'pipe', 'pipe', 'pipe'];
-  for (let i = 0; i < plan.extraReadFds; i++) stdio.push('pipe');
+  for (let i = 0; i <= plan.extraReadFds; i++) stdio.push('pipe');
 
   return new Promise((resolve) => {
     let child;
     try {
-      child = spawn(plan.command, plan.args, { env: plan.env, cwd: plan.cwd, uid: plan.uid, gid: plan.gid, detached: plan.detached, stdio });
+      const [command, ...args] = plan.argv;
+      // Detached: a new process group, so a non-root service can still kill the whole tree.
+      child = spawn(command, args, { env: plan.env, cwd: plan.cwd, detached: true, stdio });
     } catch (error) {
       resolve(failedSpawn((error as Error).message, elapsedMs()));
       return;
@@ -66,14 +74,16 @@ export function runProcess(plan: ProcessPlan, limits: ProcessLimits): Promise<Pr
     const stdout = new CappedCapture(pipes[1], limits.outputMaxBytes);
     const stderr = new CappedCapture(pipes[2], limits.outputMaxBytes);
     const channel = new CappedCapture(pipes[3], limits.channelMaxBytes);
-    const extra = pipes.slice(4).map((pipe) => new CappedCapture(pipe, 256 * 1024));
-    const guard = new RunGuard({ ...limits, kill: () => limits.killTree(child.pid) });
+    const extra = pipes.slice(4, 4 + plan.extraReadFds).map((pipe) => new CappedCapture(pipe, 256 * 1024));
+    const status = new CappedCapture(pipes[statusFdOf(plan.extraReadFds)], 256);
+    const guard = new RunGuard({ ...limits, kill: () => limits.killRun(child.pid) });
 
     // The job, then EOF. A runner that dies early closes stdin: ignore EPIPE.
     child.stdin!.on('error', () => undefined);
     child.stdin!.end(plan.stdin);
 
     let spawnError: string | undefined;
+    const launcherExited = new Promise<{ code: number | null; signal: string | null }>((done) => child.on('exit', (code, signal) => done({ code, signal })));
     child.on('error', (error) => {
       spawnError = error.message;
       if (child.pid === undefined) {
@@ -82,16 +92,20 @@ export function runProcess(plan: ProcessPlan, limits: ProcessLimits): Promise<Pr
         resolve(failedSpawn(error.message, elapsedMs()));
       }
     });
-    child.on('exit', async (exitCode, exitSignal) => {
+    if (child.pid === undefined) return;
+
+    // The run's own process has exited when the launcher says so, or when the launcher is gone.
+    void Promise.race([status.done, launcherExited]).then(async () => {
       const wallMs = elapsedMs();
       guard.stop();
       // Whatever the runner left behind (daemons, grandchildren) dies with it.
       await guard.kill();
+      const launcher = (await settlesWithin(launcherExited, REAP_AFTER_KILL_MS)) ? await launcherExited : undefined;
       await drainWithin([stdout, stderr, channel, ...extra], DRAIN_AFTER_KILL_MS);
       for (const pipe of pipes.slice(1)) pipe?.destroy();
+      const ended = parseStatus(status.buffer().toString('utf8')) ?? { exitCode: launcher?.code ?? null, signal: launcher?.signal ?? null };
       resolve({
-        exitCode,
-        signal: exitSignal,
+        ...ended,
         timedOut: guard.timedOut,
         aborted: guard.aborted,
         exceeded: guard.exceeded,
@@ -104,6 +118,13 @@ export function runProcess(plan: ProcessPlan, limits: ProcessLimits): Promise<Pr
       });
     });
   });
+}
+
+/** The launcher's one line: "exit CODE" or "signal NAME". */
+function parseStatus(line: string): { exitCode: number | null; signal: string | null } | undefined {
+  const match = /^(exit|signal) (-?\d+|SIG[A-Z0-9]+)\n/.exec(line);
+  if (!match) return undefined;
+  return match[1] === 'exit' ? { exitCode: Number(match[2]), signal: null } : { exitCode: null, signal: match[2] };
 }
 
 /** Written by the runner once confined, before any user code (sandbox-image/runner/runner.py). */

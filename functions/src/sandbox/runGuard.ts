@@ -1,7 +1,8 @@
 /**
  * What ends a run early, in one place for every sandbox: the service's wall-clock watchdog, the
  * request's abort signal (client gone, shutdown), and the usage sampler's aggregate limits. Each
- * calls the same kill, at most once, and records why.
+ * calls the same kill, at most once, and records why. Its owner ends it with finish() on every
+ * path (try/finally), which also waits for a kill under way.
  */
 import type { LimitExceeded } from './types';
 import { watchUsage, type UsageLimits } from './usageWatch';
@@ -9,7 +10,7 @@ import { watchUsage, type UsageLimits } from './usageWatch';
 export interface GuardOptions {
   timeoutMs: number;
   signal: AbortSignal;
-  /** Aggregate limits to sample, when the run has a uid of its own. */
+  /** Aggregate limits to sample, when the run has a cgroup or a uid of its own. */
   usage?: UsageLimits;
   kill: () => Promise<void>;
 }
@@ -51,5 +52,14 @@ export class RunGuard {
     clearTimeout(this.watchdog);
     this.stopUsage();
     this.options.signal.removeEventListener('abort', this.onAbort);
+  }
+
+  /**
+   * Stops watching and waits for a kill already under way: the run's slot may be handed on only
+   * once nothing the guard started can still reach the slot's processes.
+   */
+  async finish(): Promise<void> {
+    this.stop();
+    await this.killing;
   }
 }

@@ -4,8 +4,9 @@
  * however it daemonized (double fork, setsid).
  */
 import { spawn } from 'child_process';
-import { promises as fs, lstatSync, readdirSync, readFileSync, statSync } from 'fs';
+import { lstatSync, readdirSync, readFileSync, statSync } from 'fs';
 import * as path from 'path';
+import { removeTree } from './removeTree';
 
 const WORLD_WRITABLE = ['/tmp', '/var/tmp', '/dev/shm'];
 
@@ -65,9 +66,9 @@ function threadIsExiting(statPath: string): boolean {
   return fields[0] === 'Z' || fields[0] === 'X' || (Number(fields[6]) & PF_EXITING) !== 0;
 }
 
-/** True when no process of the uid is left that could still run code. */
-export function onlyExitingLeft(uid: number): boolean {
-  return processesOfUid(uid, { ignoreExiting: true }).length === 0;
+/** True when none of the processes can still run code (each is gone, a zombie, or exiting). */
+export function allExiting(pids: number[]): boolean {
+  return pids.every(isExiting);
 }
 
 /**
@@ -113,8 +114,9 @@ export async function removeFilesOfUid(uid: number, places: string[] = WORLD_WRI
       const full = path.join(place, entry);
       try {
         if (lstatSync(full).uid !== uid) continue;
-        await fs.rm(full, { recursive: true, force: true });
-        removed.push(full);
+        // Descriptor-relative (any depth, never through a symlink): a run may nest a tree far
+        // deeper than a path can name, and whatever stayed would be the next run's of this uid.
+        if ((await removeTree(full)).removed) removed.push(full);
       } catch {
         // raced with another cleanup
       }

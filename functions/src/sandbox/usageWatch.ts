@@ -1,29 +1,32 @@
 /**
- * Aggregate limits that rlimits cannot give. RLIMIT_AS bounds each process, not a run: a run may
- * fork up to SCRIPT_MAX_PROCESSES processes of SCRIPT_MEMORY_MB each. RLIMIT_FSIZE bounds each
- * file, not how many a run writes into its directory (seccomp mode has no size-capped tmpfs).
- * Where cgroup v2 is usable nsjail enforces memory in the kernel; everywhere else this sampler
- * does it: one walk of /proc per tick for all runs, summing the memory of each run's uid, and a
- * walk of each seccomp-mode run directory. A run over a limit is killed (its uid's processes).
+ * Aggregate limits that rlimits cannot give, watched every TICK_MS for all runs at once.
  *
- * A sampler can only notice what already happened: the overshoot is what a run allocates or
- * writes within one tick (TICK_MS), which docs/SECURITY.md states.
+ * With a run cgroup the kernel enforces memory and tasks itself; the sampler only notices the
+ * kernel's OOM kills (so the whole run ends and is reported as memory_limit) and, in seccomp mode,
+ * the disk the run fills (its directory, and files it holds open or mapped after unlinking them).
+ * Without a cgroup the sampler is the only aggregate memory limit: it sums the memory of the run
+ * uid's processes (processUsage.ts: private memory counted once, shared memory and memfds by
+ * inode) and kills the run over its limit. A sampler can only notice what already happened: the
+ * overshoot is what a run allocates within one tick, which docs/SECURITY.md states.
  */
-import { promises as fs, readFileSync } from 'fs';
+import { promises as fs } from 'fs';
 import * as path from 'path';
 import type { Config } from '../config';
+import type { RunCgroup } from './cgroup/cgroups';
+import { measureProcesses } from './processUsage';
 import type { LimitExceeded } from './types';
 import { pidsByUid } from './uidReaper';
 
 export const TICK_MS = 100;
-const PAGE = 4096;
 const MIB = 1024 * 1024;
 /** A run directory with more entries than this is treated as over its limit (inode exhaustion). */
 export const MAX_DIR_ENTRIES = 10000;
 
 export interface UsageLimits {
-  uid: number;
-  /** Sum over the uid's processes (anonymous memory, confirmed by PSS). */
+  /** The run's cgroup, where the host has one: the kernel holds memory, the sampler reads its verdict. */
+  cgroup?: RunCgroup;
+  /** Without a cgroup: the run's processes are those of its uid. */
+  uid?: number;
   memoryBytes: number;
   /** Seccomp mode: the run's private directory and its size cap. */
   dir?: string;
@@ -40,9 +43,16 @@ const watches = new Set<Watch>();
 let timer: NodeJS.Timeout | undefined;
 let busy = false;
 
-/** A run's limits from configuration: SCRIPT_MEMORY_MB for the uid, SCRIPT_TMP_MB for its directory. */
-export function runUsageLimits(config: Config, uid: number, dir?: string): UsageLimits {
-  return { uid, memoryBytes: config.scriptMemoryMb * MIB, ...(dir ? { dir, dirBytes: config.scriptTmpMb * MIB } : {}) };
+/** A run's limits from configuration: SCRIPT_MEMORY_MB, and SCRIPT_TMP_MB for its directory. */
+export function runUsageLimits(config: Config, run: { cgroup?: RunCgroup; uid?: number; dir?: string }): UsageLimits | undefined {
+  if (!run.cgroup && run.uid === undefined) return undefined; // nothing identifies the run's processes
+  return { cgroup: run.cgroup, uid: run.uid, memoryBytes: config.scriptMemoryMb * MIB, ...(run.dir ? { dir: run.dir, dirBytes: config.scriptTmpMb * MIB } : {}) };
+}
+
+/** The kernel ended a process of the run for memory: the run is over its limit. */
+export function memoryVerdict(limits: UsageLimits | undefined): LimitExceeded | undefined {
+  if (!limits?.cgroup || limits.cgroup.oomKills() === 0) return undefined;
+  return { kind: 'memory', message: `the run's processes together reached its memory limit of ${limits.memoryBytes >> 20} MiB (the kernel's limit for its cgroup); all were killed` };
 }
 
 /** Starts watching a run; returns the function that stops it. */
@@ -68,8 +78,10 @@ async function tick(): Promise<void> {
   try {
     const live = [...watches].filter((w) => !w.fired);
     if (live.length === 0) return;
-    const byUid = pidsByUid(new Set(live.map((w) => w.limits.uid)));
-    await Promise.all(live.map((watch) => check(watch, byUid.get(watch.limits.uid) ?? [])));
+    // One walk of /proc for every run that has no cgroup to list its processes.
+    const uids = new Set(live.filter((w) => !w.limits.cgroup && w.limits.uid !== undefined).map((w) => w.limits.uid!));
+    const byUid = uids.size > 0 ? pidsByUid(uids) : new Map<number, number[]>();
+    await Promise.all(live.map((watch) => check(watch, watch.limits.cgroup ? watch.limits.cgroup.pids() : (byUid.get(watch.limits.uid!) ?? []))));
   } catch {
     // a failed sample is skipped; the next tick tries again
   } finally {
@@ -84,55 +96,43 @@ async function check(watch: Watch, pids: number[]): Promise<void> {
     watch.fired = true;
     watch.onExceeded(reason);
   };
-  if (pids.length > 0 && anonymousBytes(pids) > limits.memoryBytes && pssBytes(pids) > limits.memoryBytes) {
-    fire({ kind: 'memory', message: `the run's processes together used more than its memory limit of ${limits.memoryBytes >> 20} MiB; all were killed` });
-    return;
+  const verdict = memoryVerdict(limits);
+  if (verdict) return fire(verdict);
+  const needsMeasure = !limits.cgroup || limits.dir !== undefined;
+  // With a cgroup the kernel holds memory: only the hidden files are measured. Without one, the
+  // exact (costly) figures are read only when a cheap upper bound is over the limit.
+  const measured =
+    needsMeasure && pids.length > 0
+      ? measureProcesses(pids, limits.cgroup ? { memory: false } : { exactAbove: limits.memoryBytes })
+      : { memoryBytes: 0, hiddenFileBytes: 0 };
+  if (!limits.cgroup && measured.memoryBytes > limits.memoryBytes) {
+    return fire({ kind: 'memory', message: `the run's processes together used more than its memory limit of ${limits.memoryBytes >> 20} MiB; all were killed` });
   }
   if (limits.dir && limits.dirBytes !== undefined) {
     const usage = await directoryUsage(limits.dir);
     if (usage.entries > MAX_DIR_ENTRIES) fire({ kind: 'disk', message: `the run created more than ${MAX_DIR_ENTRIES} files; all its processes were killed` });
-    else if (usage.bytes > limits.dirBytes) fire({ kind: 'disk', message: `the run's files took more than ${limits.dirBytes >> 20} MiB; all its processes were killed` });
+    else if (usage.tooDeep) fire({ kind: 'disk', message: "the run nested its files deeper than a path can name, so their size cannot be measured; all its processes were killed" });
+    else if (usage.bytes + measured.hiddenFileBytes > limits.dirBytes) fire({ kind: 'disk', message: `the run's files took more than ${limits.dirBytes >> 20} MiB; all its processes were killed` });
   }
 }
 
-/** statm: resident minus file-backed and shmem pages. Cheap; counts copy-on-write pages once per process. */
-function anonymousBytes(pids: number[]): number {
-  let total = 0;
-  for (const pid of pids) {
-    try {
-      const [, resident, shared] = readFileSync(`/proc/${pid}/statm`, 'utf8').split(' ').map(Number);
-      total += Math.max(0, resident - shared) * PAGE;
-    } catch {
-      // gone
-    }
-  }
-  return total;
-}
-
-/** Proportional set size: pages shared between forked processes count once in total. */
-function pssBytes(pids: number[]): number {
-  let total = 0;
-  for (const pid of pids) {
-    try {
-      const match = /^Pss:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8'));
-      if (match) total += Number(match[1]) * 1024;
-    } catch {
-      // gone
-    }
-  }
-  return total;
-}
-
-async function directoryUsage(root: string): Promise<{ bytes: number; entries: number }> {
+/**
+ * Size and entries of a run's directory, walked by path. What lies deeper than PATH_MAX cannot be
+ * reached that way (ENAMETOOLONG); a tree that deep is reported as such, and the run is ended, so
+ * nesting cannot hide files from the limit.
+ */
+async function directoryUsage(root: string): Promise<{ bytes: number; entries: number; tooDeep: boolean }> {
   let bytes = 0;
   let entries = 0;
+  let tooDeep = false;
   const pending = [root];
   while (pending.length > 0 && entries <= MAX_DIR_ENTRIES) {
     const dir = pending.pop()!;
     let names: string[];
     try {
       names = await fs.readdir(dir);
-    } catch {
+    } catch (error) {
+      tooDeep ||= (error as NodeJS.ErrnoException).code === 'ENAMETOOLONG';
       continue;
     }
     for (const name of names) {
@@ -142,10 +142,10 @@ async function directoryUsage(root: string): Promise<{ bytes: number; entries: n
         const stat = await fs.lstat(full);
         bytes += stat.blocks * 512;
         if (stat.isDirectory()) pending.push(full);
-      } catch {
-        // removed meanwhile
+      } catch (error) {
+        tooDeep ||= (error as NodeJS.ErrnoException).code === 'ENAMETOOLONG'; // else removed meanwhile
       }
     }
   }
-  return { bytes, entries };
+  return { bytes, entries, tooDeep };
 }

@@ -3,8 +3,9 @@
  * port, with real Python in a real sandbox, and talks to it over real HTTP.
  */
 import { spawn, type ChildProcess } from 'child_process';
-import { accessSync, constants, statSync } from 'fs';
+import { accessSync, constants, mkdtempSync, rmSync, statSync } from 'fs';
 import * as net from 'net';
+import * as os from 'os';
 import * as path from 'path';
 
 export const REPO = path.resolve(__dirname, '..', '..', '..');
@@ -68,11 +69,17 @@ export function sandboxModes(): string[] {
   return ['seccomp', 'nsjail'];
 }
 
-export async function startService(env: Record<string, string> = {}, mode = 'seccomp'): Promise<RunningService> {
+/**
+ * Starts the service. `prefix` runs it under another command (e.g. `unshare --pid --fork` to make
+ * it PID 1 of a namespace of its own, as in a container started without an init).
+ */
+export async function startService(env: Record<string, string> = {}, mode = 'seccomp', prefix: string[] = []): Promise<RunningService> {
   const port = await freePort();
   const nsjail = findNsjail();
   const expectedPath = pathUnderTest();
-  const child = spawn(process.execPath, [MAIN, '--target=service', '--signature-type=http'], {
+  const [command, ...args] = [...prefix, process.execPath, MAIN, '--target=service', '--signature-type=http'];
+  const workRoot = env.SANDBOX_WORK_ROOT ?? mkdtempSync(path.join(os.tmpdir(), 'pyexec-test-'));
+  const child = spawn(command, args, {
     cwd: REPO,
     env: {
       PATH: process.env.PATH ?? '/usr/bin:/bin',
@@ -80,6 +87,8 @@ export async function startService(env: Record<string, string> = {}, mode = 'sec
       SANDBOX_MODE: mode,
       ...(nsjail ? { NSJAIL_PATH: nsjail } : {}),
       SECRET_API_KEY: CANARY_SECRET,
+      // A work root of its own: test runs sharing this machine never see each other's files.
+      SANDBOX_WORK_ROOT: workRoot,
       // Services started by concurrent test files must never share run uids (a run's cleanup
       // kills every process of its uid).
       SANDBOX_UID_BASE: String(200000 + Math.floor(Math.random() * 50000) * 64),
@@ -146,6 +155,7 @@ export async function startService(env: Record<string, string> = {}, mode = 'sec
       const timer = setTimeout(() => child.exitCode === null && child.kill('SIGKILL'), 10000);
       const code = await exited;
       clearTimeout(timer);
+      if (!env.SANDBOX_WORK_ROOT) rmSync(workRoot, { recursive: true, force: true });
       return code;
     },
     exited,

@@ -12,13 +12,14 @@ import type { Config } from '../../config';
 import { settlesWithin, withDeadline } from '../../deadline';
 import type { Logger } from '../../logging';
 import { CappedCapture, drainWithin } from '../capture';
+import type { RunCgroup, RunCgroups } from '../cgroup/cgroups';
 import type { SandboxFiles } from '../files';
 import { channelMaxBytes } from '../job';
 import { DRAIN_AFTER_KILL_MS, readChannel } from '../processRun';
 import { RunGuard } from '../runGuard';
 import { failedRun, withUsageNote, type RunReport, type RunRequest, type Sandbox } from '../types';
-import { killAllOfUid, onlyExitingLeft, pidsByUid } from '../uidReaper';
-import { runUsageLimits } from '../usageWatch';
+import { allExiting, killAllOfUid, pidsByUid, processesOfUid } from '../uidReaper';
+import { memoryVerdict, runUsageLimits } from '../usageWatch';
 import { CHANNEL_SOCKET, type ChildPlace, type WarmBoundary } from './boundary';
 import { ChannelServer, type ChildStreams } from './channelServer';
 import { readLine } from './readLine';
@@ -31,6 +32,8 @@ const EXIT_GRACE_MS = 1000;
 interface WarmChild {
   token: string;
   uid: number;
+  /** The run's own cgroup (where the host has cgroups): the child is moved in before its job. */
+  cgroup?: RunCgroup;
   place: ChildPlace;
   streams: ChildStreams;
   exited: Promise<ChildExit>;
@@ -49,6 +52,7 @@ export class WarmSandbox implements Sandbox {
     private readonly config: Config,
     files: SandboxFiles,
     private readonly boundary: WarmBoundary,
+    private readonly cgroups: RunCgroups | undefined,
     logger?: Logger,
   ) {
     this.mode = boundary.mode;
@@ -107,8 +111,24 @@ export class WarmSandbox implements Sandbox {
    */
   private async settle(child: WarmChild): Promise<void> {
     await settlesWithin(child.exited, EXIT_GRACE_MS);
-    await killAllOfUid(child.uid);
+    await this.release(child);
     await child.exited;
+  }
+
+  /** Kills every process of the child's run: through its cgroup, or its uid where there is none. */
+  private killAll(child: Pick<WarmChild, 'uid' | 'cgroup'>): Promise<void> {
+    return child.cgroup ? child.cgroup.kill() : killAllOfUid(child.uid);
+  }
+
+  /** Nothing of the run is left afterwards: every process of its uid is gone and its cgroup removed. */
+  private async release(child: Pick<WarmChild, 'uid' | 'cgroup'>): Promise<void> {
+    await killAllOfUid(child.uid);
+    await child.cgroup?.destroy();
+  }
+
+  /** The run's processes that have not exited: its cgroup's, or its uid's. */
+  private processesOf(child: WarmChild): number[] {
+    return child.cgroup ? child.cgroup.pids() : processesOfUid(child.uid);
   }
 
   private async take(slot: number): Promise<WarmChild> {
@@ -143,23 +163,32 @@ export class WarmSandbox implements Sandbox {
   }
 
   private async discard(child: WarmChild): Promise<void> {
-    await killAllOfUid(child.uid);
+    await this.release(child);
     await this.boundary.cleanUp(child.place, child.uid);
   }
 
   private async prepare(slot: number): Promise<WarmChild> {
     await this.zygote.start();
     const uid = this.config.sandboxUidBase + slot;
+    const cgroup = this.cgroups?.create(slot);
     const place = await this.boundary.placeChild(slot, uid);
     const token = randomUUID();
     const streams = this.channels.expect(token);
     const exited = this.zygote.prefork({ token, uid, ...place.command });
-    const child: Partial<WarmChild> = { token, uid, place, exited, dead: false };
+    const child: Partial<WarmChild> = { token, uid, cgroup, place, exited, dead: false };
     void exited.then(() => (child.dead = true));
     const greeted = async () => {
       child.streams = await streams;
       const line = await readLine(child.streams.result, 100);
       if (line !== 'ready') throw new Error(`unexpected greeting ${JSON.stringify(line.slice(0, 40))}`);
+      // Confined and waiting for its job, no user code yet: the only process of its uid (the
+      // slot's previous run was emptied before this child was forked). Into the run's cgroup it
+      // goes, and everything it will start with it.
+      if (cgroup) {
+        const pids = processesOfUid(uid);
+        if (pids.length !== 1) throw new Error(`expected one waiting process of uid ${uid}, found ${pids.length}`);
+        cgroup.place(pids[0]);
+      }
     };
     const died = exited.then((exit) => {
       throw new Error(`the child exited during set-up (code ${exit.code}, signal ${exit.signal})`);
@@ -169,7 +198,7 @@ export class WarmSandbox implements Sandbox {
       await withDeadline(Promise.race([greeted(), died]), PREPARE_TIMEOUT_MS, `no ready child within ${PREPARE_TIMEOUT_MS} ms`);
     } catch (error) {
       this.channels.forget(token);
-      await killAllOfUid(uid);
+      await this.release({ uid, cgroup });
       await this.boundary.cleanUp(place, uid);
       throw error;
     }
@@ -177,6 +206,8 @@ export class WarmSandbox implements Sandbox {
   }
 
   private async execute(child: WarmChild, request: RunRequest): Promise<RunReport> {
+    // Serialized before anything is started for the run: nothing to release if it throws.
+    const job = JSON.stringify({ script: request.script, args: request.args, result_max_bytes: this.config.resultMaxBytes });
     const started = process.hrtime.bigint();
     const { stdout, stderr, result } = child.streams;
     const captures = {
@@ -185,48 +216,48 @@ export class WarmSandbox implements Sandbox {
       result: new CappedCapture(result, channelMaxBytes(this.config)),
     };
     for (const socket of [stdout, stderr, result]) socket.resume();
-    const guard = new RunGuard({
-      timeoutMs: this.config.scriptTimeoutMs,
-      signal: request.signal,
-      usage: runUsageLimits(this.config, child.uid, child.place.hostDir),
-      kill: () => killAllOfUid(child.uid),
-    });
+    const usage = runUsageLimits(this.config, { cgroup: child.cgroup, uid: child.uid, dir: child.place.hostDir });
+    const guard = new RunGuard({ timeoutMs: this.config.scriptTimeoutMs, signal: request.signal, usage, kill: () => this.killAll(child) });
+    try {
+      result.on('error', () => undefined);
+      result.end(job);
 
-    result.on('error', () => undefined);
-    result.end(JSON.stringify({ script: request.script, args: request.args, result_max_bytes: this.config.resultMaxBytes }));
-
-    // The run is over when the child has exited, or (sooner) when all three streams are closed,
-    // a message arrived, and every process of the uid is dead or already exiting.
-    const closed = Promise.all(Object.values(captures).map((c) => c.done));
-    const first = await Promise.race([child.exited.then((exit) => ({ exit })), closed.then(() => ({ exit: undefined }))]);
-    let exit = first.exit;
-    let nothingLeft = false;
-    if (!exit) {
-      nothingLeft = readChannel(captures.result).kind === 'message' && onlyExitingLeft(child.uid);
-      exit = nothingLeft ? { code: 0, signal: null } : await child.exited;
+      // The run is over when the child has exited, or (sooner) when all three streams are
+      // closed, a message arrived, and every process of the run is dead or already exiting.
+      const closed = Promise.all(Object.values(captures).map((c) => c.done));
+      const first = await Promise.race([child.exited.then((exit) => ({ exit })), closed.then(() => ({ exit: undefined }))]);
+      let exit = first.exit;
+      let nothingLeft = false;
+      if (!exit) {
+        nothingLeft = readChannel(captures.result).kind === 'message' && allExiting(this.processesOf(child));
+        exit = nothingLeft ? { code: 0, signal: null } : await child.exited;
+      }
+      const wallMs = Number(process.hrtime.bigint() - started) / 1e6;
+      guard.stop();
+      if (!nothingLeft) await this.killAll(child); // descendants that outlived the child
+      await drainWithin(Object.values(captures), DRAIN_AFTER_KILL_MS);
+      for (const socket of [stdout, stderr, result]) socket.destroy();
+      const channel = readChannel(captures.result);
+      if (exit.lost && channel.kind !== 'message' && !guard.timedOut && !guard.aborted) {
+        return failedRun(this.mode, "the warm pool's zygote died during the run, and the run with it; it is being restarted");
+      }
+      return withUsageNote(
+        {
+          mode: this.mode,
+          channel,
+          exitCode: exit.code,
+          signal: exit.signal,
+          timedOut: guard.timedOut,
+          aborted: guard.aborted,
+          stdout: captures.stdout.result(),
+          stderr: captures.stderr.result(),
+          wallMs,
+        },
+        guard.exceeded ?? memoryVerdict(usage),
+      );
+    } finally {
+      // A kill the guard started (time limit, abort, usage) is over before the slot moves on.
+      await guard.finish();
     }
-    const wallMs = Number(process.hrtime.bigint() - started) / 1e6;
-    guard.stop();
-    if (!nothingLeft) await killAllOfUid(child.uid, { ignoreExiting: true }); // descendants that outlived the child
-    await drainWithin(Object.values(captures), DRAIN_AFTER_KILL_MS);
-    for (const socket of [stdout, stderr, result]) socket.destroy();
-    const channel = readChannel(captures.result);
-    if (exit.lost && channel.kind !== 'message' && !guard.timedOut && !guard.aborted) {
-      return failedRun(this.mode, "the warm pool's zygote died during the run, and the run with it; it is being restarted");
-    }
-    return withUsageNote(
-      {
-        mode: this.mode,
-        channel,
-        exitCode: exit.code,
-        signal: exit.signal,
-        timedOut: guard.timedOut,
-        aborted: guard.aborted,
-        stdout: captures.stdout.result(),
-        stderr: captures.stderr.result(),
-        wallMs,
-      },
-      guard.exceeded,
-    );
   }
 }
