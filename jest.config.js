@@ -1,7 +1,8 @@
 /**
  * Tests run against the compiled service over real HTTP; ts-jest only compiles the test files.
- * Two projects: "cold" runs every test with a new interpreter per run; "warm" runs the execution
- * and attack suites again on the warm path (pre-forked children from the zygote, seccomp mode).
+ * Three projects: "cold" runs every test with a new interpreter per run; "warm" runs the execution
+ * and attack suites again on the warm path (pre-forked children from the zygote); "unprivileged"
+ * runs the execution suite in a simulated unprivileged container.
  */
 const common = {
   testEnvironment: 'node',
@@ -15,6 +16,15 @@ module.exports = {
   maxWorkers: 1,
   projects: [
     { ...common, displayName: 'cold', setupFiles: ['<rootDir>/functions/test/setup/cold.js'] },
+    {
+      // The whole /execute suite again, with every service run as `docker run` without
+      // --privileged would run it (no CAP_SYS_ADMIN, Docker's seccomp profile, read-only
+      // cgroups): `auto` must choose seccomp mode, warm path, and everything must still hold.
+      ...common,
+      displayName: 'unprivileged',
+      setupFiles: ['<rootDir>/functions/test/setup/unprivileged.js'],
+      testMatch: ['<rootDir>/functions/test/execute.test.ts'],
+    },
     {
       ...common,
       displayName: 'warm',

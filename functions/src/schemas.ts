@@ -1,8 +1,10 @@
 /**
- * The JSON Schemas of the API and of the runner's result channel. ajv validates with these, and
- * the OpenAPI document (openapi.ts) is built from them, so the two cannot drift apart.
+ * The JSON Schemas of the API. ajv validates with these, and the OpenAPI document (openapi.ts) is
+ * built from them, so the two cannot drift apart. (The runner's result channel has its schema in
+ * the runner protocol, sandbox/protocol.ts.)
  */
 import { ERROR_TYPES } from './errors';
+import { SANDBOX_MODES } from './sandbox/backends';
 
 /**
  * How deeply `args` may nest: arrays and objects count, `args` itself is level 1. Deeper input is
@@ -35,95 +37,7 @@ export interface ExecuteRequest {
   args?: Record<string, unknown>;
 }
 
-const RUNNER_ERROR_TYPES = [
-  'syntax_error',
-  'missing_main',
-  'runtime_error',
-  'result_not_serializable',
-  'result_too_large',
-  'memory_limit',
-  'killed',
-  'sandbox_error',
-] as const;
-export type RunnerErrorType = (typeof RUNNER_ERROR_TYPES)[number];
-
 const nullableInt = { type: ['integer', 'null'] };
-const layersSchema = {
-  type: 'object',
-  additionalProperties: false,
-  properties: {
-    landlock_abi: { type: 'integer', minimum: 0, maximum: 1000 },
-    seccomp_rules: { type: 'integer', minimum: 0, maximum: 100000 },
-    no_new_privs: { type: 'boolean' },
-  },
-};
-
-/** What the runner writes on fd 3. Untrusted: the script runs in the same process as the runner. */
-export const runnerMessageSchema = {
-  $id: 'RunnerMessage',
-  oneOf: [
-    {
-      type: 'object',
-      additionalProperties: false,
-      required: ['status', 'cpu_ms', 'layers', 'result'],
-      properties: {
-        status: { const: 'ok' },
-        cpu_ms: { type: 'integer', minimum: 0 },
-        layers: layersSchema,
-        result: {},
-      },
-    },
-    {
-      type: 'object',
-      additionalProperties: false,
-      required: ['status', 'cpu_ms', 'layers', 'error'],
-      properties: {
-        status: { const: 'error' },
-        cpu_ms: { type: 'integer', minimum: 0 },
-        layers: layersSchema,
-        error: {
-          type: 'object',
-          additionalProperties: false,
-          required: ['type', 'message'],
-          properties: {
-            type: { enum: RUNNER_ERROR_TYPES },
-            message: { type: 'string', maxLength: 20000 },
-            line: nullableInt,
-            column: nullableInt,
-            text: { type: ['string', 'null'], maxLength: 2000 },
-            exception: { type: 'string', maxLength: 2000 },
-            traceback: { type: 'string', maxLength: 200000 },
-            exit_code: { type: 'integer' },
-          },
-        },
-      },
-    },
-  ],
-} as const;
-
-export interface RunnerLayers {
-  landlock_abi?: number;
-  seccomp_rules?: number;
-  no_new_privs?: boolean;
-}
-
-export type RunnerMessage =
-  | { status: 'ok'; cpu_ms: number; layers: RunnerLayers; result: unknown }
-  | {
-      status: 'error';
-      cpu_ms: number;
-      layers: RunnerLayers;
-      error: {
-        type: RunnerErrorType;
-        message: string;
-        line?: number | null;
-        column?: number | null;
-        text?: string | null;
-        exception?: string;
-        traceback?: string;
-        exit_code?: number;
-      };
-    };
 
 const runFields = {
   stdout: { type: 'string', description: 'Everything written to fd 1 by the run (all its processes), UTF-8 (invalid bytes become U+FFFD).' },
@@ -144,7 +58,7 @@ const runFields = {
       queue_ms: { type: 'number', description: 'Time waiting for a run slot; not counted against the time limit.' },
     },
   },
-  sandbox: { enum: ['nsjail', 'seccomp'], description: 'Which sandbox mode ran the script.' },
+  sandbox: { enum: SANDBOX_MODES, description: 'Which sandbox mode ran the script.' },
   request_id: { type: 'string' },
 };
 

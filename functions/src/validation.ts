@@ -1,12 +1,11 @@
 /** ajv validators compiled once from schemas.ts, with error messages that name the field. */
 import Ajv, { type ErrorObject, type ValidateFunction } from 'ajv';
 import { ApiError } from './errors';
-import { ARGS_MAX_DEPTH, executeRequestSchema, runnerMessageSchema, type ExecuteRequest, type RunnerMessage } from './schemas';
+import { ARGS_MAX_DEPTH, executeRequestSchema, type ExecuteRequest } from './schemas';
 
 const ajv = new Ajv({ allErrors: false, strict: true, allowUnionTypes: true });
 
 const validateRequest: ValidateFunction<ExecuteRequest> = ajv.compile<ExecuteRequest>(executeRequestSchema);
-const validateRunnerMessage: ValidateFunction<RunnerMessage> = ajv.compile<RunnerMessage>(runnerMessageSchema);
 
 /**
  * Validates a body as JSON.parse returned it. Besides the schema, this is what keeps every later
@@ -66,10 +65,6 @@ function isContainer(value: unknown): value is object {
 
 function isPlainObject(value: unknown): value is Record<string, unknown> {
   return isContainer(value) && !Array.isArray(value);
-}
-
-export function isRunnerMessage(value: unknown): value is RunnerMessage {
-  return validateRunnerMessage(value);
 }
 
 function fieldOf(error: ErrorObject | undefined): string {

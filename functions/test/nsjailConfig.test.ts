@@ -5,7 +5,7 @@
 import { readFileSync } from 'fs';
 import * as path from 'path';
 import { loadConfig } from '../src/config';
-import { renderNsjailConfig, warmChildMounts } from '../src/sandbox/nsjailConfig';
+import { renderNsjailConfig, warmChildMounts } from '../src/sandbox/nsjail/config';
 import { REPO } from './helpers/service';
 
 const config = loadConfig({ SCRIPT_TMP_MB: '96', ZYGOTE_MEMORY_MB: '900' });

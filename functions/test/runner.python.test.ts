@@ -1,14 +1,12 @@
 /**
  * The runner's own Python: its unit tests (sandbox-image/runner/tests, standard-library unittest;
  * no sandbox, no root), and the agreement between what it fits its messages to (MESSAGE_LIMITS,
- * CHANNEL_ENVELOPE_BYTES in runner.py) and what the service accepts (runnerMessageSchema in
- * schemas.ts, CHANNEL_ENVELOPE_BYTES in job.ts). A message over any limit reads as an invalid
+ * CHANNEL_ENVELOPE_BYTES in runner.py) and what the service accepts (runnerMessageSchema and
+ * CHANNEL_ENVELOPE_BYTES in sandbox/protocol.ts). A message over any limit reads as an invalid
  * channel: the run would be reported as `killed` whatever the script really did.
  */
 import { spawnSync } from 'child_process';
-import { CHANNEL_ENVELOPE_BYTES } from '../src/sandbox/job';
-import { CONFINED_MARKER, readChannel } from '../src/sandbox/processRun';
-import { runnerMessageSchema } from '../src/schemas';
+import { CHANNEL_ENVELOPE_BYTES, CONFINED_MARKER, readChannel, runnerMessageSchema } from '../src/sandbox/protocol';
 import { REPO } from './helpers/service';
 
 const PYTHON = process.env.SANDBOX_PYTHON || '/usr/bin/python3';
@@ -57,7 +55,7 @@ test('runner.MESSAGE_LIMITS is the maxLength of every string field of runnerMess
   expect(pythonJson('print(json.dumps(runner.MESSAGE_LIMITS))')).toEqual(limits);
 });
 
-test('runner.CHANNEL_ENVELOPE_BYTES is job.ts\'s', () => {
+test('runner.CHANNEL_ENVELOPE_BYTES is protocol.ts\'s', () => {
   expect(pythonJson('print(json.dumps(runner.CHANNEL_ENVELOPE_BYTES))')).toBe(CHANNEL_ENVELOPE_BYTES);
 });
 

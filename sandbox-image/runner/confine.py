@@ -265,6 +265,7 @@ def confine(spec, limits, compiled=None):
     policy = None if compiled else load_policy(spec["seccomp_policy"])  # read before Landlock hides it
     import seccomp  # noqa: F401 - likewise, import while its module file is still readable
     import socket  # noqa: F401
+    del seccomp, socket  # loaded into sys.modules: the names are not needed
 
     apply_rlimits(limits)
     set_no_new_privs()

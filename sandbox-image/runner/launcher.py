@@ -30,6 +30,15 @@ EXIT_SETUP_FAILED = 70
 RESULT_FD = 3
 
 
+def signal_name(number):
+    """SIGKILL, ..., and SIGRTMIN+n for the real-time signals Python's enum has no member for."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        rtmin = signal.SIGRTMIN
+        return f"SIGRTMIN+{number - rtmin}" if number >= rtmin else f"SIG{number}"
+
+
 def parse(argv):
     status_fd, uid, join = None, None, []
     i = 0
@@ -95,15 +104,20 @@ def main():
             continue
         if done == pid and not reported:
             reported = True
-            if os.WIFSIGNALED(status):
-                line = f"signal {signal.Signals(os.WTERMSIG(status)).name}\n"
-            else:
-                line = f"exit {os.waitstatus_to_exitcode(status)}\n"
+            # Whatever happens here, the launcher goes on reaping: its orphans have no one else.
             try:
+                if os.WIFSIGNALED(status):
+                    line = f"signal {signal_name(os.WTERMSIG(status))}\n"
+                else:
+                    line = f"exit {os.waitstatus_to_exitcode(status)}\n"
                 os.write(status_fd, line.encode())
-                os.close(status_fd)
-            except OSError:
+            except Exception:  # noqa: BLE001
                 pass
+            finally:
+                try:
+                    os.close(status_fd)
+                except OSError:
+                    pass
     os._exit(0)
 
 

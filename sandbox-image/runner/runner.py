@@ -1,19 +1,25 @@
 """The runner: the only program the sandbox starts. It runs one user script and exits.
 
-Protocol with the service (functions/src/sandbox/protocol.ts):
-  stdin  the job, one JSON document: {"script", "args", "limits", "confine", "result_max_bytes"}.
+Protocol with the service, the runner's side. The service's side is
+functions/src/sandbox/protocol.ts, which names this file as its counterpart; the constants below
+are this side's names and numbers of it, in one place (zygote.py uses them too).
+  stdin  the job, one JSON document: {"script", "args", "result_max_bytes", "limits", "confine"}.
          Read to EOF, then replaced by /dev/null before user code runs.
-  fd 3   the result channel: one byte 0x1e once every confinement layer is on (before any user
-         code), then exactly one JSON document written after main() returns or fails,
+  fd 3   the result channel (RESULT_FD): CONFINED_MARKER once every confinement layer is on (before
+         any user code), then exactly one JSON document written after main() returns or fails,
          {"status": "ok", "result": ..., "cpu_ms": ...} or {"status": "error", "error": {...}}.
          A failed confinement writes {"status": "error", "error": {"type": "sandbox_error"}} with
-         no 0x1e before it.
+         no CONFINED_MARKER before it.
          It is moved to a high, close-on-exec descriptor first, so child processes never have
          it and fd 3 is free for the script. Whatever the script prints goes to fds 1 and 2,
          which the service captures separately; stdout can never change the result.
+On the warm path a child of zygote.py is confined before its run exists (its "limits" and
+"confine" come in the zygote's command): it writes WARM_READY and CONFINED_MARKER on its result
+connection, reads the job there ({"script", "args", "result_max_bytes"}) and answers on it.
 Every error message is fitted to what the service accepts (MESSAGE_LIMITS, fit_error): a field
 too long is shortened, visibly, never sent as it is (the service would not believe the message).
-Exit status: 0 after writing the channel; 70 when confinement failed (no user code ran).
+Exit status: 0 after writing the channel; EXIT_CONFINEMENT_FAILED when confinement failed (no user
+code ran); EXIT_RUNNER_FAILED when the runner itself failed afterwards.
 """
 
 import ast
@@ -32,21 +38,24 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # python -I leav
 import confine  # noqa: E402 - after dont_write_bytecode
 import jsonify  # noqa: E402
 
-SCRIPT_NAME = "script.py"
-EXIT_CONFINEMENT_FAILED = 70
 RESULT_FD = 3
 CONFINED_MARKER = b"\x1e"  # ASCII record separator: the runner is confined, user code follows
+WARM_READY = b"ready\n"  # a warm child is confined and waits for its job
+EXIT_CONFINEMENT_FAILED = 70
+EXIT_RUNNER_FAILED = 71
+SCRIPT_NAME = "script.py"  # what tracebacks name the script
 
 
 # What the service accepts on the result channel. It checks every message against these, and one
 # over any of them is not believed: the run is reported as `killed` (an "invalid" channel) or
 # `result_too_large` ("oversize"), whatever the script really did. So every error message is
 # fitted to them before it is sent (fit_error), with a visible marker wherever something was
-# shortened. The one place in the runner for these numbers; their sources:
+# shortened. The one place in the runner for these numbers; their sources, in
+# functions/src/sandbox/protocol.ts:
 #   MESSAGE_LIMITS          the maxLength, in characters, of each string field of "error" in
-#                           runnerMessageSchema, functions/src/schemas.ts;
-#   CHANNEL_ENVELOPE_BYTES  CHANNEL_ENVELOPE_BYTES of functions/src/sandbox/job.ts: the room on the
-#                           channel beyond RESULT_MAX_BYTES, which a whole error message fits in.
+#                           runnerMessageSchema;
+#   CHANNEL_ENVELOPE_BYTES  CHANNEL_ENVELOPE_BYTES: the room on the channel beyond
+#                           RESULT_MAX_BYTES, which a whole error message fits in.
 # functions/test/runner.python.test.ts checks that they agree with their sources.
 # (ajv counts characters as code points, a surrogate pair as one; Python's len() counts each
 # surrogate of a pair as one, so it never counts fewer than ajv does.)
@@ -405,7 +414,7 @@ def main():
             os.write(2, f"runner: {_safe_type_name(exc)}\n".encode())
         except OSError:
             pass
-        os._exit(71)
+        os._exit(EXIT_RUNNER_FAILED)
     # atexit handlers and lingering threads of the script do not run past the result.
     os._exit(0)
 

@@ -17,7 +17,8 @@ directory only root, or in nsjail mode the zygote's uid, can enter) and announce
 PID 1 of a new pid namespace and enters new mount, ipc and network namespaces with its own /proc,
 /tmp and /dev/shm (namespaces.py). It then becomes the run's uid, enters its directory, resets its
 environment, and applies exactly the cold path's confinement (rlimits, no_new_privs, Landlock,
-seccomp) before saying "ready\n" on the result connection. Only then does the service send the job (script and args) on that same connection, so
+seccomp) before saying "ready\n" (runner.WARM_READY) on the result connection. Only then does the
+service send the job (script and args) on that same connection (runner.py's protocol), so
 scripts, arguments and results never pass through the zygote's memory, which later children
 inherit.
 """
@@ -33,6 +34,7 @@ sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import confine  # noqa: E402
+from launcher import signal_name  # noqa: E402
 import namespaces  # noqa: E402
 import runner  # noqa: E402
 
@@ -53,6 +55,8 @@ def preload():
     import numpy  # noqa: F401
     import pandas  # noqa: F401
     import seccomp  # noqa: F401
+
+    del asyncio, ast, inspect, linecache, traceback, numpy, pandas, seccomp  # loaded into sys.modules: the names are not needed
 
 
 def vm_size_bytes():
@@ -115,12 +119,12 @@ def child(command, channel_path, compiled, preload_bytes):
         finally:
             os._exit(EXIT_SETUP_FAILED)
     try:
-        os.write(result_fd, b"ready\n" + runner.CONFINED_MARKER)
+        os.write(result_fd, runner.WARM_READY + runner.CONFINED_MARKER)
         job = json.loads(runner.read_all(result_fd))
         channel.max_bytes = job["result_max_bytes"]
         runner.run(job, channel)
     except BaseException:  # noqa: BLE001 - e.g. the service went away; the exit status says it
-        os._exit(71)
+        os._exit(runner.EXIT_RUNNER_FAILED)
     # Close the streams before exiting: tearing down an address space that maps numpy and pandas
     # takes milliseconds, and the kernel closes descriptors only after it. The service answers
     # once the streams are closed and every process of the run is dead or exiting.
@@ -209,7 +213,7 @@ def reap(tokens):
         if token is None:
             continue  # an orphan of some run, reparented to us: reaped, nothing to report
         if os.WIFSIGNALED(status):
-            emit({"event": "exit", "token": token, "code": None, "signal": signal.Signals(os.WTERMSIG(status)).name})
+            emit({"event": "exit", "token": token, "code": None, "signal": signal_name(os.WTERMSIG(status))})
         else:
             emit({"event": "exit", "token": token, "code": os.waitstatus_to_exitcode(status), "signal": None})
 

@@ -17,8 +17,6 @@ export interface SandboxFiles {
   dir: string;
   runnerDir: string;
   policyFile: string;
-  /** nsjail's config templates (sandbox-image/nsjail/), read by the service (root) only. */
-  nsjailDir: string;
   /** The warm path's socket directory: created by its channel server, bound into the zygote's jail. */
   warmDir: string;
   /** What start-up found in the work root and removed or quarantined (already logged when a logger was given). */
@@ -44,7 +42,6 @@ export async function stageSandboxFiles(config: Config, logger?: Logger): Promis
     dir,
     runnerDir,
     policyFile,
-    nsjailDir: path.join(config.sandboxDir, 'nsjail'),
     warmDir: await freeName(config.workRoot, `warm-${process.pid}`, logger),
     workRootCleanup,
   };

@@ -3,18 +3,21 @@
  * the job on stdin, captures stdout and stderr (capped), reads the result channel (fd 3), and ends
  * it early through a RunGuard (watchdog, abort, usage limits). The launcher reports on its last
  * descriptor when the run's own process has exited; then everything the run left is killed, and
- * the report is made once the launcher has reaped the last of it.
+ * the report is made once the launcher has reaped the last of it. The launcher's command line and
+ * its report are here too: they are its whole contract with the service.
  */
 import { spawn, type StdioPipe } from 'child_process';
 import type { Readable } from 'stream';
 import { settlesWithin } from '../deadline';
-import { isRunnerMessage } from '../validation';
 import { CappedCapture, drainWithin, EMPTY_TEXT } from './capture';
-import { RunGuard, type GuardOptions } from './runGuard';
-import type { ChannelState, CapturedText, LimitExceeded } from './types';
+import type { RunLimits } from './limits';
+import { channelMaxBytes, readChannel, RESULT_FD, type ChannelState } from './protocol';
+import { RunGuard } from './runGuard';
+import type { CapturedText, LimitExceeded } from './types';
+import type { UsageLimits } from './usageWatch';
 
 export interface ProcessPlan {
-  /** The launcher's command line (launcherArgv in job.ts). */
+  /** The launcher's command line (launcherArgv). */
   argv: string[];
   env: Record<string, string>;
   cwd: string;
@@ -23,9 +26,12 @@ export interface ProcessPlan {
   extraReadFds: number;
 }
 
-export interface ProcessLimits extends Omit<GuardOptions, 'kill'> {
-  outputMaxBytes: number;
-  channelMaxBytes: number;
+export interface ProcessRunOptions {
+  /** The run's watchdog and its output and channel caps. */
+  limits: RunLimits;
+  signal: AbortSignal;
+  /** Aggregate limits to sample, when the run has a cgroup or a uid of its own. */
+  usage?: UsageLimits;
   /** Kills every process of the run (its cgroup, or its uid); resolves when none is left. */
   killRun: (launcherPid: number | undefined) => Promise<void>;
 }
@@ -51,10 +57,21 @@ const REAP_AFTER_KILL_MS = 5000;
 
 /** The first descriptor after the standard three, the result channel and the extra pipes. */
 export function statusFdOf(extraReadFds: number): number {
-  return 4 + extraReadFds;
+  return RESULT_FD + 1 + extraReadFds;
 }
 
-export function runProcess(plan: ProcessPlan, limits: ProcessLimits): Promise<ProcessResult> {
+/**
+ * The cold path's command line: the launcher (run as the service's user) starts `command` in the
+ * run's cgroup and, with a uid, as the run's uid, reaps what the run leaves behind, and reports
+ * the command's exit on statusFd.
+ */
+export function launcherArgv(python: string, runnerDir: string, run: { statusFd: number; uid?: number; join: string[] }, command: string[]): string[] {
+  const flags = ['--status-fd', String(run.statusFd), ...(run.uid === undefined ? [] : ['--uid', String(run.uid)]), ...run.join.flatMap((file) => ['--join', file])];
+  // -S: no site module, so nothing of the host's site-packages is imported by the service's own helper.
+  return [python, '-I', '-S', '-B', `${runnerDir}/launcher.py`, ...flags, '--', ...command];
+}
+
+export function runProcess(plan: ProcessPlan, options: ProcessRunOptions): Promise<ProcessResult> {
   const started = process.hrtime.bigint();
   const elapsedMs = () => Number(process.hrtime.bigint() - started) / 1e6;
   const stdio: StdioPipe[] = ['pipe', 'pipe', 'pipe', 'pipe'];
@@ -71,16 +88,17 @@ export function runProcess(plan: ProcessPlan, limits: ProcessLimits): Promise<Pr
       return;
     }
     const pipes = child.stdio as unknown as Readable[];
+    const { limits } = options;
     const stdout = new CappedCapture(pipes[1], limits.outputMaxBytes);
     const stderr = new CappedCapture(pipes[2], limits.outputMaxBytes);
-    const channel = new CappedCapture(pipes[3], limits.channelMaxBytes);
-    const extra = pipes.slice(4, 4 + plan.extraReadFds).map((pipe) => new CappedCapture(pipe, 256 * 1024));
+    const channel = new CappedCapture(pipes[RESULT_FD], channelMaxBytes(limits));
+    const extra = pipes.slice(RESULT_FD + 1, statusFdOf(plan.extraReadFds)).map((pipe) => new CappedCapture(pipe, 256 * 1024));
     const status = new CappedCapture(pipes[statusFdOf(plan.extraReadFds)], 256);
-    const guard = new RunGuard({ ...limits, kill: () => limits.killRun(child.pid) });
+    const guard = new RunGuard({ timeoutMs: limits.timeoutMs, signal: options.signal, usage: options.usage, kill: () => options.killRun(child.pid) });
 
     // The job, then EOF. A runner that dies early closes stdin: ignore EPIPE.
-    child.stdin!.on('error', () => undefined);
-    child.stdin!.end(plan.stdin);
+    child.stdin.on('error', () => undefined);
+    child.stdin.end(plan.stdin);
 
     let spawnError: string | undefined;
     const launcherExited = new Promise<{ code: number | null; signal: string | null }>((done) => child.on('exit', (code, signal) => done({ code, signal })));
@@ -122,38 +140,9 @@ export function runProcess(plan: ProcessPlan, limits: ProcessLimits): Promise<Pr
 
 /** The launcher's one line: "exit CODE" or "signal NAME". */
 function parseStatus(line: string): { exitCode: number | null; signal: string | null } | undefined {
-  const match = /^(exit|signal) (-?\d+|SIG[A-Z0-9]+)\n/.exec(line);
+  const match = /^(exit|signal) (-?\d+|SIG[A-Z0-9]+(?:\+\d+)?)\n/.exec(line);
   if (!match) return undefined;
   return match[1] === 'exit' ? { exitCode: Number(match[2]), signal: null } : { exitCode: null, signal: match[2] };
-}
-
-/** Written by the runner once confined, before any user code (sandbox-image/runner/runner.py). */
-export const CONFINED_MARKER = 0x1e;
-
-/**
- * The channel is untrusted input: size-capped by the capture, then a strict parse and schema check.
- * The script shares the runner's process, so it can write to the channel too; what it cannot do
- * is remove the marker the runner wrote before user code. A message after the marker is the
- * script's to choose (a result or an error about itself), except sandbox_error, which only the
- * runner, before the marker, may send: a script cannot make the service claim its sandbox failed.
- */
-export function readChannel(capture: { overflowed: boolean; buffer(): Buffer }): ChannelState {
-  if (capture.overflowed) return { kind: 'oversize' };
-  const raw = capture.buffer();
-  if (raw.length === 0) return { kind: 'empty' };
-  const confined = raw[0] === CONFINED_MARKER;
-  const body = confined ? raw.subarray(1) : raw;
-  if (body.length === 0) return { kind: 'empty' };
-  let parsed: unknown;
-  try {
-    parsed = JSON.parse(body.toString('utf8'));
-  } catch {
-    return { kind: 'invalid' };
-  }
-  if (!isRunnerMessage(parsed)) return { kind: 'invalid' };
-  const sandboxError = parsed.status === 'error' && parsed.error.type === 'sandbox_error';
-  if (confined === sandboxError) return { kind: 'invalid' };
-  return { kind: 'message', message: parsed };
 }
 
 function failedSpawn(message: string, wallMs: number): ProcessResult {

@@ -1,10 +1,11 @@
-/** The contract between the service and a sandbox mode. */
-import type { RunnerMessage } from '../schemas';
+/** The contract between the service and a sandbox backend, on its cold or warm path. */
+import type { SandboxMode } from './backends';
 import { EMPTY_TEXT } from './capture';
+import type { RunLimits } from './limits';
+import type { ChannelState } from './protocol';
 
-export type SandboxMode = 'nsjail' | 'seccomp';
-
-export interface RunRequest {
+/** A run as the handlers ask for it. */
+export interface RunOrder {
   script: string;
   args: Record<string, unknown>;
   /** Admission slot: selects this run's uid, so concurrent runs never share one. */
@@ -13,17 +14,16 @@ export interface RunRequest {
   signal: AbortSignal;
 }
 
+/** A run as a backend gets it: the order and the limits derived for it (limits.ts). */
+export interface RunRequest extends RunOrder {
+  limits: RunLimits;
+}
+
 export interface CapturedText {
   text: string;
   bytes: number;
   truncated: boolean;
 }
-
-export type ChannelState =
-  | { kind: 'message'; message: RunnerMessage }
-  | { kind: 'empty' }
-  | { kind: 'oversize' }
-  | { kind: 'invalid' };
 
 /** Everything observed about one run, before it is interpreted (outcome.ts does that). */
 export interface RunReport {
@@ -43,14 +43,30 @@ export interface RunReport {
   exceeded?: LimitExceeded;
 }
 
+/** What the service runs scripts with: the chosen backend and path, which gives each run its limits (LimitedSandbox, limits.ts). */
 export interface Sandbox {
   readonly mode: SandboxMode;
   /** warm: pre-forked, pre-confined interpreters; cold: a new interpreter per run. */
   readonly path: 'warm' | 'cold';
-  run(request: RunRequest): Promise<RunReport>;
+  run(order: RunOrder): Promise<RunReport>;
   /** Warm path: the children confined and waiting for a run, by slot. */
   waiting?(): Array<{ slot: number; pid: number }>;
 }
+
+/** One backend on one path (a cold sandbox of nsjail/ or seccomp/, or the warm pool of warm/): each run comes with its limits. */
+export interface SandboxPath extends Omit<Sandbox, 'run'> {
+  run(request: RunRequest): Promise<RunReport>;
+}
+
+/** One finding of the start-up probe, as /healthz shows it under sandbox.capabilities. */
+export interface Finding {
+  available: boolean;
+  detail: string;
+  /** What else it found: Landlock's ABI, nsjail's path, the cgroup version. */
+  [fact: string]: unknown;
+}
+
+export const NOT_TRIED: Finding = { available: false, detail: 'not tried' };
 
 /** A run the service's usage sampler (usageWatch.ts) killed, and why. */
 export interface LimitExceeded {

@@ -9,16 +9,19 @@
  * inode) and kills the run over its limit. A sampler can only notice what already happened: the
  * overshoot is what a run allocates within one tick, which docs/SECURITY.md states.
  */
+import { execFile } from 'child_process';
 import { promises as fs } from 'fs';
 import * as path from 'path';
-import type { Config } from '../config';
+import { promisify } from 'util';
 import type { RunCgroup } from './cgroup/cgroups';
+import type { RunLimits } from './limits';
 import { measureProcesses } from './processUsage';
 import type { LimitExceeded } from './types';
 import { pidsByUid } from './uidReaper';
 
+const execFileAsync = promisify(execFile);
+
 export const TICK_MS = 100;
-const MIB = 1024 * 1024;
 /** A run directory with more entries than this is treated as over its limit (inode exhaustion). */
 export const MAX_DIR_ENTRIES = 10000;
 
@@ -29,8 +32,12 @@ export interface UsageLimits {
   uid?: number;
   memoryBytes: number;
   /** Seccomp mode: the run's private directory and its size cap. */
-  dir?: string;
-  dirBytes?: number;
+  dir?: WatchedDir;
+}
+
+export interface WatchedDir {
+  path: string;
+  maxBytes: number;
 }
 
 interface Watch {
@@ -43,10 +50,10 @@ const watches = new Set<Watch>();
 let timer: NodeJS.Timeout | undefined;
 let busy = false;
 
-/** A run's limits from configuration: SCRIPT_MEMORY_MB, and SCRIPT_TMP_MB for its directory. */
-export function runUsageLimits(config: Config, run: { cgroup?: RunCgroup; uid?: number; dir?: string }): UsageLimits | undefined {
+/** What to watch of a run: its memory limit, and (seccomp mode) its directory. */
+export function usageLimits(limits: RunLimits, run: { cgroup?: RunCgroup; uid?: number; dir?: WatchedDir }): UsageLimits | undefined {
   if (!run.cgroup && run.uid === undefined) return undefined; // nothing identifies the run's processes
-  return { cgroup: run.cgroup, uid: run.uid, memoryBytes: config.scriptMemoryMb * MIB, ...(run.dir ? { dir: run.dir, dirBytes: config.scriptTmpMb * MIB } : {}) };
+  return { cgroup: run.cgroup, uid: run.uid, memoryBytes: limits.memoryBytes, dir: run.dir };
 }
 
 /** The kernel ended a process of the run for memory: the run is over its limit. */
@@ -108,20 +115,20 @@ async function check(watch: Watch, pids: number[]): Promise<void> {
   if (!limits.cgroup && measured.memoryBytes > limits.memoryBytes) {
     return fire({ kind: 'memory', message: `the run's processes together used more than its memory limit of ${limits.memoryBytes >> 20} MiB; all were killed` });
   }
-  if (limits.dir && limits.dirBytes !== undefined) {
-    const usage = await directoryUsage(limits.dir);
+  if (limits.dir) {
+    const usage = await directoryUsage(limits.dir.path);
     if (usage.entries > MAX_DIR_ENTRIES) fire({ kind: 'disk', message: `the run created more than ${MAX_DIR_ENTRIES} files; all its processes were killed` });
-    else if (usage.tooDeep) fire({ kind: 'disk', message: "the run nested its files deeper than a path can name, so their size cannot be measured; all its processes were killed" });
-    else if (usage.bytes + measured.hiddenFileBytes > limits.dirBytes) fire({ kind: 'disk', message: `the run's files took more than ${limits.dirBytes >> 20} MiB; all its processes were killed` });
+    else if (usage.bytes + measured.hiddenFileBytes > limits.dir.maxBytes) fire({ kind: 'disk', message: `the run's files took more than ${limits.dir.maxBytes >> 20} MiB; all its processes were killed` });
   }
 }
 
 /**
- * Size and entries of a run's directory, walked by path. What lies deeper than PATH_MAX cannot be
- * reached that way (ENAMETOOLONG); a tree that deep is reported as such, and the run is ended, so
- * nesting cannot hide files from the limit.
+ * Size and entries of a run's directory, walked by path: cheap, and enough for nearly every run.
+ * What lies deeper than PATH_MAX cannot be reached by path (ENAMETOOLONG); for such a tree the
+ * count is taken again by coreutils du, which walks descriptor-relative, so nesting cannot hide
+ * files from the limit.
  */
-async function directoryUsage(root: string): Promise<{ bytes: number; entries: number; tooDeep: boolean }> {
+async function directoryUsage(root: string): Promise<{ bytes: number; entries: number }> {
   let bytes = 0;
   let entries = 0;
   let tooDeep = false;
@@ -147,5 +154,15 @@ async function directoryUsage(root: string): Promise<{ bytes: number; entries: n
       }
     }
   }
-  return { bytes, entries, tooDeep };
+  return tooDeep ? deepUsage(root) : { bytes, entries };
+}
+
+/** du's count of a tree of any depth (one file system, never through a symlink). */
+async function deepUsage(root: string): Promise<{ bytes: number; entries: number }> {
+  const du = async (flags: string[]) => {
+    const { stdout } = await execFileAsync('du', ['-s', '-x', ...flags, '--', root], { timeout: 5000 }).catch((error: { stdout?: string }) => ({ stdout: error.stdout ?? '' }));
+    return Number(/^(\d+)/.exec(stdout)?.[1] ?? 0);
+  };
+  const [bytes, entries] = await Promise.all([du(['-B1']), du(['--inodes'])]);
+  return { bytes, entries: Math.max(0, entries - 1) }; // du counts the root itself
 }

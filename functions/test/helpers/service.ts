@@ -59,6 +59,8 @@ export function pathUnderTest(): 'cold' | 'warm' {
  * a loud skip notice.
  */
 export function sandboxModes(): string[] {
+  // An unprivileged container cannot create namespaces: only seccomp mode exists there.
+  if (unprivileged()) return ['seccomp'];
   const nsjail = findNsjail();
   if (!nsjail) {
     process.stderr.write(
@@ -69,6 +71,14 @@ export function sandboxModes(): string[] {
   return ['seccomp', 'nsjail'];
 }
 
+/** The "unprivileged" jest project: every test service runs as in `docker run` without --privileged. */
+export function unprivileged(): boolean {
+  return process.env.TEST_UNPRIVILEGED === '1';
+}
+
+/** Runs a command as an unprivileged container would (helpers/unprivileged.py says how). */
+export const UNPRIVILEGED_PREFIX = ['/usr/bin/python3', '-I', path.join(__dirname, 'unprivileged.py')];
+
 /**
  * Starts the service. `prefix` runs it under another command (e.g. `unshare --pid --fork` to make
  * it PID 1 of a namespace of its own, as in a container started without an init).
@@ -77,7 +87,8 @@ export async function startService(env: Record<string, string> = {}, mode = 'sec
   const port = await freePort();
   const nsjail = findNsjail();
   const expectedPath = pathUnderTest();
-  const [command, ...args] = [...prefix, process.execPath, MAIN, '--target=service', '--signature-type=http'];
+  const wrapper = unprivileged() ? UNPRIVILEGED_PREFIX : [];
+  const [command, ...args] = [...wrapper, ...prefix, process.execPath, MAIN, '--target=service', '--signature-type=http'];
   const workRoot = env.SANDBOX_WORK_ROOT ?? mkdtempSync(path.join(os.tmpdir(), 'pyexec-test-'));
   const child = spawn(command, args, {
     cwd: REPO,
@@ -130,7 +141,7 @@ export async function startService(env: Record<string, string> = {}, mode = 'sec
         child.kill('SIGKILL');
         throw error;
       }
-      if (Date.now() > deadline) throw new Error(`service did not start:\n${logs.join('\n')}`);
+      if (Date.now() > deadline) throw new Error(`service did not start:\n${logs.join('\n')}`, { cause: error });
       await new Promise((r) => setTimeout(r, 100));
     }
   }

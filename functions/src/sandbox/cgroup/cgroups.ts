@@ -12,6 +12,7 @@ import { spawn } from 'child_process';
 import { mkdirSync, readdirSync, readFileSync, rmdirSync, statSync, writeFileSync } from 'fs';
 import * as path from 'path';
 import type { CgroupSetting } from '../../config';
+import type { RunLimits } from '../limits';
 
 export type CgroupVersion = 'v1' | 'v2';
 
@@ -140,6 +141,22 @@ function removeDirectory(dir: string): boolean {
   }
 }
 
+/**
+ * Cgroup directories that were still busy when their run was destroyed (the kernel may hold a
+ * cgroup a little after its last task is gone). Each later destroy tries them again, so none is
+ * left for the life of the instance; at start-up, removeStale takes what a dead instance left.
+ */
+const lingering = new Set<string>();
+
+async function removeDirectories(dirs: string[]): Promise<void> {
+  for (const dir of dirs) {
+    let removed = false;
+    for (let attempt = 0; attempt < 20 && !(removed = removeDirectory(dir)); attempt++) await pause(5);
+    if (!removed) lingering.add(dir);
+  }
+  for (const dir of lingering) if (removeDirectory(dir)) lingering.delete(dir);
+}
+
 /** Removes the empty, old cgroups of dead instances below dir. Live instances' cgroups are never empty for long. */
 function removeStale(dir: string): void {
   let entries: string[];
@@ -207,9 +224,7 @@ class V1RunCgroup implements RunCgroup {
 
   async destroy(): Promise<void> {
     await this.kill().catch(() => undefined);
-    for (const dir of this.all()) {
-      for (let attempt = 0; attempt < 20 && !removeDirectory(dir); attempt++) await pause(5);
-    }
+    await removeDirectories(this.all());
   }
 }
 
@@ -300,7 +315,7 @@ class V2RunCgroup implements RunCgroup {
 
   async destroy(): Promise<void> {
     await this.kill().catch(() => undefined);
-    for (let attempt = 0; attempt < 20 && !removeDirectory(this.dir); attempt++) await pause(5);
+    await removeDirectories([this.dir]);
   }
 }
 
@@ -389,18 +404,21 @@ async function prove(host: CgroupHost, name: string): Promise<void> {
   }
 }
 
-/** Fresh cgroups for the runs of one service instance, each with the run's limits. */
+/** Fresh cgroups for the runs of one service instance, each with its run's limits. */
 export class RunCgroups {
   private sequence = 0;
 
   constructor(
     readonly host: CgroupHost,
     private readonly instanceTag: string,
-    private readonly limits: RunCgroupLimits,
   ) {}
 
   /** Throws when the kernel refuses (the run then does not start). */
-  create(slot: number): RunCgroup {
-    return this.host.create(`${CGROUP_PREFIX}${this.instanceTag}-s${slot}-${++this.sequence}`, this.limits);
+  create(slot: number, limits: Pick<RunLimits, 'memoryBytes' | 'maxProcesses'>): RunCgroup {
+    return this.host.create(`${CGROUP_PREFIX}${this.instanceTag}-s${slot}-${++this.sequence}`, {
+      memoryBytes: limits.memoryBytes,
+      // One task more than a run may have: nsjail's own process, in nsjail mode.
+      maxTasks: limits.maxProcesses + 1,
+    });
   }
 }

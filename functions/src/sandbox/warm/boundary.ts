@@ -1,30 +1,15 @@
 /**
- * What the warm path does differently in each sandbox mode: how its zygote is started, who
- * connects to the channel socket, where a child runs and what is left to clean after it. The pool,
- * the channels and the run itself are the same for both (warmSandbox.ts).
- *
- * seccomp mode: the zygote runs on the host as root; each child gets a private directory in the
- *   work root, and the files its uid left in world-writable places are removed after the run.
- * nsjail mode: the zygote runs in zygote.cfg's jail; each child gets pid, mount, ipc and network
- *   namespaces of its own with a fresh /proc, /tmp and /dev/shm, which vanish with its last process.
+ * What the warm path does differently in each backend (its warmBoundary.ts: nsjail/, seccomp/):
+ * how its zygote is started, who connects to the channel socket, where a child runs and what is
+ * left to clean after it. The pool, the channels and the run itself are the same for all
+ * (warmSandbox.ts), and so is what a child is told to confine itself to (childCommand).
  */
 import * as path from 'path';
 import type { Config } from '../../config';
-import type { SandboxFiles } from '../files';
-import {
-  hostRunnerPaths,
-  JAIL_POLICY_FILE,
-  JAIL_RUNNER_DIR,
-  JAIL_WARM_DIR,
-  jailRunnerPaths,
-  runnerJobSpec,
-  sandboxEnvironment,
-  type RunnerPaths,
-} from '../job';
-import { warmChildMounts } from '../nsjailConfig';
-import type { SandboxMode } from '../types';
-import { removeFilesOfUid } from '../uidReaper';
-import { makeRunDir, removeRunDir } from '../workRoot';
+import type { SandboxMode } from '../backends';
+import type { RunLimits } from '../limits';
+import { confinement, sandboxEnvironment, type RunnerPaths } from '../protocol';
+import type { WatchedDir } from '../usageWatch';
 import type { PreforkCommand, ZygoteLaunch } from './zygote';
 
 export const CHANNEL_SOCKET = 'channels.sock';
@@ -34,7 +19,7 @@ export interface ChildPlace {
   /** What the zygote hands the child, besides its token and uid. */
   command: Omit<PreforkCommand, 'token' | 'uid'>;
   /** seccomp mode: the run's host directory (its size is watched; it is removed after the run). */
-  hostDir?: string;
+  dir?: WatchedDir;
 }
 
 export interface WarmBoundary {
@@ -42,59 +27,19 @@ export interface WarmBoundary {
   /** The uid children connect to the channel socket as (before they take their run's uid). */
   readonly channelClientUid: number;
   zygoteLaunch(): ZygoteLaunch;
-  placeChild(slot: number, uid: number): Promise<ChildPlace>;
+  /** Where the slot's next child runs, confined to these limits. */
+  placeChild(slot: number, uid: number, limits: RunLimits): Promise<ChildPlace>;
   /** After the run, once no process of the uid is left. */
   cleanUp(place: ChildPlace, uid: number): Promise<void>;
 }
 
-function childCommand(config: Config, paths: RunnerPaths): ChildPlace['command'] {
-  const { limits, confine } = runnerJobSpec(config, paths);
-  return { workdir: paths.workdir, environment: sandboxEnvironment(paths.workdir), limits, confine };
+/** A child's confinement, as a cold run's job carries it (protocol.ts), and its environment. */
+export function childCommand(limits: RunLimits, paths: RunnerPaths): ChildPlace['command'] {
+  const { limits: rlimits, confine } = confinement(limits, paths);
+  return { workdir: paths.workdir, environment: sandboxEnvironment(paths.workdir), limits: rlimits, confine };
 }
 
-function zygoteArgv(config: Config, runnerDir: string, socketDir: string, policyFile: string): string[] {
+/** The zygote's command line (sandbox-image/runner/zygote.py), with its paths as the zygote sees them. */
+export function zygoteArgv(config: Config, runnerDir: string, socketDir: string, policyFile: string): string[] {
   return [config.sandboxPython, '-I', '-B', '-u', path.join(runnerDir, 'zygote.py'), path.join(socketDir, CHANNEL_SOCKET), policyFile, String(config.zygoteMemoryMb)];
-}
-
-export function seccompBoundary(config: Config, files: SandboxFiles): WarmBoundary {
-  return {
-    mode: 'seccomp',
-    channelClientUid: 0,
-    zygoteLaunch: () => zygoteArgv(config, files.runnerDir, files.warmDir, files.policyFile),
-    async placeChild(slot, uid) {
-      const dir = await makeRunDir(config.workRoot, slot, uid);
-      return { command: childCommand(config, hostRunnerPaths(files, dir)), hostDir: dir };
-    },
-    async cleanUp(place, uid) {
-      await Promise.all([removeFilesOfUid(uid), place.hostDir ? removeRunDir(place.hostDir) : undefined]);
-    },
-  };
-}
-
-/**
- * The zygote is uid 0 of its jail's user namespace and SANDBOX_UID_BASE-1 outside it; the run
- * slots' uids map to themselves, so the service sees (and kills) a run's processes by the same
- * uid as in every other mode.
- */
-export function nsjailBoundary(config: Config, nsjail: { binary: string; zygoteConfig: string }): WarmBoundary {
-  const zygoteUid = config.sandboxUidBase - 1;
-  const slots = `${config.sandboxUidBase}:${config.sandboxUidBase}:${config.maxConcurrentRuns}`;
-  return {
-    mode: 'nsjail',
-    channelClientUid: zygoteUid,
-    zygoteLaunch: () => [
-      nsjail.binary,
-      '--config', nsjail.zygoteConfig,
-      '--user', `0:${zygoteUid}:1`, '--group', `0:${zygoteUid}:1`,
-      '--user', slots, '--group', slots,
-      '--', ...zygoteArgv(config, JAIL_RUNNER_DIR, JAIL_WARM_DIR, JAIL_POLICY_FILE),
-    ],
-    async placeChild(_slot, uid) {
-      const namespaces = { mounts: warmChildMounts(config, uid), unmount: [JAIL_WARM_DIR] };
-      return { command: { ...childCommand(config, jailRunnerPaths()), namespaces } };
-    },
-    async cleanUp() {
-      // The run's /tmp, /dev/shm and namespaces went with its last process.
-    },
-  };
 }

@@ -5,6 +5,10 @@
  * seccomp policy) and waits. A request hands it the job; the child runs one script and exits; it
  * is never reused. Its uid's processes are killed and its files removed before the slot gets its
  * next child. What differs between the modes is the boundary's (boundary.ts).
+ *
+ * A child is confined, and placed in its cgroup, before its run exists: with the configured
+ * limits (limits.ts), which are every run's today. A request that may lower its own limits needs
+ * a child confined to them: prepared for it on demand, or lowered before its job.
  */
 import { randomUUID } from 'crypto';
 import * as path from 'path';
@@ -14,12 +18,13 @@ import type { Logger } from '../../logging';
 import { CappedCapture, drainWithin } from '../capture';
 import type { RunCgroup, RunCgroups } from '../cgroup/cgroups';
 import type { SandboxFiles } from '../files';
-import { channelMaxBytes } from '../job';
-import { DRAIN_AFTER_KILL_MS, readChannel } from '../processRun';
+import { runLimits, type RunLimits } from '../limits';
+import { DRAIN_AFTER_KILL_MS } from '../processRun';
+import { channelMaxBytes, readChannel, WARM_READY, warmJob } from '../protocol';
 import { RunGuard } from '../runGuard';
-import { failedRun, withUsageNote, type RunReport, type RunRequest, type Sandbox } from '../types';
+import { failedRun, withUsageNote, type RunReport, type RunRequest, type SandboxPath } from '../types';
 import { allExiting, killAllOfUid, pidsByUid, processesOfUid } from '../uidReaper';
-import { memoryVerdict, runUsageLimits } from '../usageWatch';
+import { memoryVerdict, usageLimits } from '../usageWatch';
 import { CHANNEL_SOCKET, type ChildPlace, type WarmBoundary } from './boundary';
 import { ChannelServer, type ChildStreams } from './channelServer';
 import { readLine } from './readLine';
@@ -37,16 +42,32 @@ interface WarmChild {
   place: ChildPlace;
   streams: ChildStreams;
   exited: Promise<ChildExit>;
-  dead: boolean;
 }
 
-export class WarmSandbox implements Sandbox {
+/**
+ * Where a run slot's child is in its life. A slot holds one child at a time and forks the next
+ * only once the last has settled, so no two children ever share the slot's uid. A slot with no
+ * entry is empty: its next run prepares a child itself (a slot beyond WARM_POOL_SIZE, a failed
+ * preparation, a child that died waiting).
+ */
+type Slot =
+  /** Being forked and confined; `done` once it waits (or failed, and the slot is empty). */
+  | { state: 'preparing'; done: Promise<void> }
+  /** Confined, greeted and in its run's cgroup: the slot's next run takes it. */
+  | { state: 'waiting'; child: WarmChild }
+  /** Running one request's script. */
+  | { state: 'running' }
+  /** Its run answered, or it died waiting: being reaped and its uid swept; `done` once the slot moved on. */
+  | { state: 'settling'; done: Promise<void> };
+
+export class WarmSandbox implements SandboxPath {
   readonly mode: WarmBoundary['mode'];
   readonly path = 'warm' as const;
-  private readonly prepared = new Map<number, Promise<WarmChild>>();
-  private readonly ready = new Map<number, WarmChild>();
+  private readonly slots = new Map<number, Slot>();
   private readonly channels: ChannelServer;
   private readonly zygote: Zygote;
+  /** What children are confined to before their run exists. */
+  private readonly limits: RunLimits;
 
   constructor(
     private readonly config: Config,
@@ -56,6 +77,7 @@ export class WarmSandbox implements Sandbox {
     logger?: Logger,
   ) {
     this.mode = boundary.mode;
+    this.limits = runLimits(config);
     this.channels = new ChannelServer(path.join(files.warmDir, CHANNEL_SOCKET), boundary.channelClientUid);
     this.zygote = new Zygote(boundary.zygoteLaunch(), logger);
     this.zygote.onLost = (token) => this.channels.forget(token);
@@ -78,13 +100,12 @@ export class WarmSandbox implements Sandbox {
    * run, because it costs a walk of /proc.
    */
   waiting(): Array<{ slot: number; pid: number }> {
-    const waiting = [...this.ready.entries()].filter(([, child]) => !child.dead);
-    const pids = pidsByUid(new Set(waiting.map(([, child]) => child.uid)));
-    return waiting.map(([slot, child]) => ({ slot, pid: pids.get(child.uid)?.[0] ?? -1 }));
+    const waiting = [...this.slots.entries()].flatMap(([slot, entry]) => (entry.state === 'waiting' ? [{ slot, uid: entry.child.uid }] : []));
+    const pids = pidsByUid(new Set(waiting.map(({ uid }) => uid)));
+    return waiting.map(({ slot, uid }) => ({ slot, pid: pids.get(uid)?.[0] ?? -1 }));
   }
 
   async run(request: RunRequest): Promise<RunReport> {
-    const uid = this.config.sandboxUidBase + request.slot;
     let child: WarmChild;
     try {
       child = await this.take(request.slot);
@@ -98,10 +119,83 @@ export class WarmSandbox implements Sandbox {
       // Before the answer: no process of the uid can run any more (execute made sure) and its
       // files are gone. After it, the slot's next child waits for the zygote to have reaped
       // this one (its address space torn down) and for a last sweep of the uid.
-      await this.boundary.cleanUp(child.place, uid);
-      this.refill(request.slot, this.settle(child));
+      await this.boundary.cleanUp(child.place, child.uid);
+      this.settle(request.slot, this.reap(child), () => this.refill(request.slot));
     }
   }
+
+  /* ------------------------------------------------------------ a slot's states */
+
+  /** The slot's waiting child, or a new one when none waits; the slot is running after. */
+  private async take(slot: number): Promise<WarmChild> {
+    // A last bound: a slot whose previous run could not be cleaned up answers 503, never hangs.
+    const limit = 2 * PREPARE_TIMEOUT_MS;
+    await withDeadline(this.untilTakeable(slot), limit, `the slot was not free within ${limit} ms`);
+    const entry = this.slots.get(slot);
+    const child = entry?.state === 'waiting' ? entry.child : await this.prepare(slot);
+    this.slots.set(slot, { state: 'running' });
+    return child;
+  }
+
+  /** Resolves once a child waits in the slot or it is empty: preparing and settling end in one of them. */
+  private async untilTakeable(slot: number): Promise<void> {
+    for (let entry = this.slots.get(slot); entry?.state === 'preparing' || entry?.state === 'settling'; entry = this.slots.get(slot)) await entry.done;
+  }
+
+  /** Prepares the slot's next child ahead of its run; slots beyond WARM_POOL_SIZE stay empty. */
+  private refill(slot: number): void {
+    if (slot >= this.config.warmPoolSize) {
+      this.slots.delete(slot);
+      return;
+    }
+    this.prepare(slot).catch(() => undefined); // the slot is left empty: its next run prepares one
+  }
+
+  /** Forks the slot's next child: preparing until it is confined, then waiting (empty if that failed). */
+  private prepare(slot: number): Promise<WarmChild> {
+    const child = this.fork(slot);
+    const entry: Slot = {
+      state: 'preparing',
+      done: child.then(
+        (ready) => {
+          if (this.slots.get(slot) === entry) this.waitIn(slot, ready);
+        },
+        () => {
+          if (this.slots.get(slot) === entry) this.slots.delete(slot);
+        },
+      ),
+    };
+    this.slots.set(slot, entry);
+    return child;
+  }
+
+  /**
+   * The child waits in its slot. One that dies waiting (its zygote died, or it was killed) is
+   * settled and its slot left empty: a new child is forked for the slot's next run, not sooner,
+   * so a zygote that keeps dying is restarted at its own pace.
+   */
+  private waitIn(slot: number, child: WarmChild): void {
+    const entry: Slot = { state: 'waiting', child };
+    this.slots.set(slot, entry);
+    void child.exited.then(() => {
+      if (this.slots.get(slot) === entry) this.settle(slot, this.discard(child), () => this.slots.delete(slot));
+    });
+  }
+
+  /** The slot settles its child until `work` is over, then moves on to `next`. */
+  private settle(slot: number, work: Promise<void>, next: () => void): void {
+    const entry: Slot = {
+      state: 'settling',
+      done: work
+        .catch(() => undefined)
+        .then(() => {
+          if (this.slots.get(slot) === entry) next();
+        }),
+    };
+    this.slots.set(slot, entry);
+  }
+
+  /* ------------------------------------------------------------ one child */
 
   /**
    * Resolves when the child has been reaped and nothing of its uid is left. The answer is sent
@@ -109,7 +203,7 @@ export class WarmSandbox implements Sandbox {
    * only its address space being torn down; one that is not reaped within EXIT_GRACE_MS is
    * killed whole, so no slot can be held by a run after its answer.
    */
-  private async settle(child: WarmChild): Promise<void> {
+  private async reap(child: WarmChild): Promise<void> {
     await settlesWithin(child.exited, EXIT_GRACE_MS);
     await this.release(child);
     await child.exited;
@@ -131,56 +225,26 @@ export class WarmSandbox implements Sandbox {
     return child.cgroup ? child.cgroup.pids() : processesOfUid(child.uid);
   }
 
-  private async take(slot: number): Promise<WarmChild> {
-    const waiting = this.prepared.get(slot);
-    this.prepared.delete(slot);
-    this.ready.delete(slot);
-    // A last bound: a slot whose previous run could not be cleaned up answers 503, never hangs.
-    const limit = 2 * PREPARE_TIMEOUT_MS;
-    const child = waiting ? await withDeadline(waiting.catch(() => undefined), limit, `the slot was not free within ${limit} ms`) : undefined;
-    if (child && !child.dead) return child;
-    if (child) await this.discard(child);
-    return this.prepare(slot);
-  }
-
-  private refill(slot: number, after: Promise<unknown> = Promise.resolve()): void {
-    if (this.prepared.has(slot)) return;
-    if (slot >= this.config.warmPoolSize) {
-      // No waiting child for this slot, but its next run must still wait for this cleanup.
-      const cleaned = after.then(() => Promise.reject(new Error('no waiting child for this slot')));
-      cleaned.catch(() => undefined);
-      this.prepared.set(slot, cleaned);
-      return;
-    }
-    const preparing = after.catch(() => undefined).then(() => this.prepare(slot));
-    preparing.then(
-      (child) => {
-        if (this.prepared.get(slot) === preparing) this.ready.set(slot, child);
-      },
-      () => undefined,
-    );
-    this.prepared.set(slot, preparing);
-  }
-
+  /** A child that never ran: released, and its place cleaned. */
   private async discard(child: WarmChild): Promise<void> {
     await this.release(child);
     await this.boundary.cleanUp(child.place, child.uid);
   }
 
-  private async prepare(slot: number): Promise<WarmChild> {
+  /** Forks a child for the slot; resolves once it is confined, greeted and in its run's cgroup. */
+  private async fork(slot: number): Promise<WarmChild> {
     await this.zygote.start();
     const uid = this.config.sandboxUidBase + slot;
-    const cgroup = this.cgroups?.create(slot);
-    const place = await this.boundary.placeChild(slot, uid);
+    const cgroup = this.cgroups?.create(slot, this.limits);
+    const place = await this.boundary.placeChild(slot, uid, this.limits);
     const token = randomUUID();
     const streams = this.channels.expect(token);
     const exited = this.zygote.prefork({ token, uid, ...place.command });
-    const child: Partial<WarmChild> = { token, uid, cgroup, place, exited, dead: false };
-    void exited.then(() => (child.dead = true));
+    const child: Partial<WarmChild> = { token, uid, cgroup, place, exited };
     const greeted = async () => {
       child.streams = await streams;
       const line = await readLine(child.streams.result, 100);
-      if (line !== 'ready') throw new Error(`unexpected greeting ${JSON.stringify(line.slice(0, 40))}`);
+      if (line !== WARM_READY) throw new Error(`unexpected greeting ${JSON.stringify(line.slice(0, 40))}`);
       // Confined and waiting for its job, no user code yet: the only process of its uid (the
       // slot's previous run was emptied before this child was forked). Into the run's cgroup it
       // goes, and everything it will start with it.
@@ -207,17 +271,18 @@ export class WarmSandbox implements Sandbox {
 
   private async execute(child: WarmChild, request: RunRequest): Promise<RunReport> {
     // Serialized before anything is started for the run: nothing to release if it throws.
-    const job = JSON.stringify({ script: request.script, args: request.args, result_max_bytes: this.config.resultMaxBytes });
+    const job = warmJob(request);
+    const { limits } = request;
     const started = process.hrtime.bigint();
     const { stdout, stderr, result } = child.streams;
     const captures = {
-      stdout: new CappedCapture(stdout, this.config.outputMaxBytes),
-      stderr: new CappedCapture(stderr, this.config.outputMaxBytes),
-      result: new CappedCapture(result, channelMaxBytes(this.config)),
+      stdout: new CappedCapture(stdout, limits.outputMaxBytes),
+      stderr: new CappedCapture(stderr, limits.outputMaxBytes),
+      result: new CappedCapture(result, channelMaxBytes(limits)),
     };
     for (const socket of [stdout, stderr, result]) socket.resume();
-    const usage = runUsageLimits(this.config, { cgroup: child.cgroup, uid: child.uid, dir: child.place.hostDir });
-    const guard = new RunGuard({ timeoutMs: this.config.scriptTimeoutMs, signal: request.signal, usage, kill: () => this.killAll(child) });
+    const usage = usageLimits(limits, { cgroup: child.cgroup, uid: child.uid, dir: child.place.dir });
+    const guard = new RunGuard({ timeoutMs: limits.timeoutMs, signal: request.signal, usage, kill: () => this.killAll(child) });
     try {
       result.on('error', () => undefined);
       result.end(job);

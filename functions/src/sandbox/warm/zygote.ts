@@ -5,14 +5,21 @@
  */
 import { spawn, type ChildProcessWithoutNullStreams } from 'child_process';
 import type { Logger } from '../../logging';
-import { sandboxEnvironment } from '../job';
-import type { WarmChildMount } from '../nsjailConfig';
+import { sandboxEnvironment } from '../protocol';
 
 export interface ChildExit {
   code: number | null;
   signal: string | null;
   /** The zygote died, and with it (PR_SET_PDEATHSIG) this child: no exit status was seen. */
   lost?: boolean;
+}
+
+/** A mount a child makes in its own mount namespace (sandbox-image/runner/namespaces.py). */
+export interface ChildMount {
+  target: string;
+  fstype: string;
+  options: string;
+  flags: Array<'ro' | 'nosuid' | 'nodev' | 'noexec'>;
 }
 
 export interface PreforkCommand {
@@ -23,7 +30,7 @@ export interface PreforkCommand {
   limits: unknown;
   confine: unknown;
   /** nsjail mode: the child's own pid, mount, ipc and network namespaces, and what it mounts. */
-  namespaces?: { mounts: WarmChildMount[]; unmount: string[] };
+  namespaces?: { mounts: ChildMount[]; unmount: string[] };
 }
 
 /** The zygote's command line (argv[0] first). */
@@ -62,7 +69,7 @@ export class Zygote {
           buffer = buffer.slice(newline + 1);
           let event: { event: string; token?: string; code?: number | null; signal?: string | null };
           try {
-            event = JSON.parse(line);
+            event = JSON.parse(line) as typeof event;
           } catch {
             continue;
           }

@@ -1,13 +1,16 @@
 /**
  * Renders the jails of sandbox-image/nsjail/: python.cfg (a cold run) and zygote.cfg (the warm
  * pool's zygote), each with filesystem.cfg in place of {{FILESYSTEM}} and every other {{NAME}}
- * from configuration.
+ * from configuration. They are rendered once per instance, so they hold only what is the same for
+ * every run; a cold run's own limits are flags on its command line (jail.ts).
  */
 import { promises as fs } from 'fs';
 import * as path from 'path';
-import type { Config } from '../config';
-import type { SandboxFiles } from './files';
-import { JAIL_WORKDIR, sandboxEnvironment } from './job';
+import type { Config } from '../../config';
+import type { SandboxFiles } from '../files';
+import { sandboxEnvironment } from '../protocol';
+import type { ChildMount } from '../warm/zygote';
+import { JAIL_WORKDIR } from './jail';
 
 export interface NsjailConfigFiles {
   /** The jail of one cold run. */
@@ -16,19 +19,12 @@ export interface NsjailConfigFiles {
   zygote: string;
 }
 
-export interface WarmChildMount {
-  target: string;
-  fstype: string;
-  options: string;
-  flags: Array<'ro' | 'nosuid' | 'nodev' | 'noexec'>;
-}
-
 /**
  * What a warm child mounts in its own mount namespace: the same /proc, /tmp and /dev/shm that
  * python.cfg gives a cold run (a test holds the two to the same options), owned by the run's
  * uid as a cold run's are.
  */
-export function warmChildMounts(config: Config, uid: number): WarmChildMount[] {
+export function warmChildMounts(config: Config, uid: number): ChildMount[] {
   const owner = `uid=${uid},gid=${uid}`;
   return [
     { target: '/proc', fstype: 'proc', options: '', flags: ['ro', 'nosuid', 'nodev', 'noexec'] },
@@ -42,13 +38,9 @@ export function renderNsjailConfig(template: string, config: Config, files: Pick
     .map(([key, value]) => `envar: ${JSON.stringify(`${key}=${value}`)}`)
     .join('\n');
   const values: Record<string, string> = {
-    TIME_LIMIT_S: String(Math.ceil(config.scriptTimeoutMs / 1000) + 1),
-    CPU_S: String(Math.ceil(config.scriptTimeoutMs / 1000)),
-    MEMORY_MB: String(config.scriptMemoryMb),
     ZYGOTE_MEMORY_MB: String(config.zygoteMemoryMb),
     FILE_MB: String(config.scriptMaxFileMb),
     OPEN_FILES: String(config.scriptMaxOpenFiles),
-    PROCESSES: String(config.scriptMaxProcesses),
     TMP_MB: String(config.scriptTmpMb),
     SANDBOX_DIR: files.dir,
     WARM_DIR: files.warmDir,
@@ -62,9 +54,12 @@ export function renderNsjailConfig(template: string, config: Config, files: Pick
   return substitute(template.replace('{{FILESYSTEM}}', () => filesystem));
 }
 
-/** Writes both rendered configs (binding the staged runner and policy) where only root can read them. */
+/**
+ * Writes both rendered configs (binding the staged runner and policy) where only root can read
+ * them. The templates are read from SANDBOX_DIR's nsjail/, by the service (root) only.
+ */
 export async function writeNsjailConfigs(config: Config, files: SandboxFiles): Promise<NsjailConfigFiles> {
-  const read = (name: string) => fs.readFile(path.join(files.nsjailDir, name), 'utf8');
+  const read = (name: string) => fs.readFile(path.join(config.sandboxDir, 'nsjail', name), 'utf8');
   const filesystem = await read('filesystem.cfg');
   const written = { run: path.join(files.dir, 'nsjail.cfg'), zygote: path.join(files.dir, 'zygote.cfg') };
   await fs.writeFile(written.run, renderNsjailConfig(await read('python.cfg'), config, files, filesystem), { mode: 0o600 });

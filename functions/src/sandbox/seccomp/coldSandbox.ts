@@ -5,18 +5,18 @@
  * runner then applies rlimits, no_new_privs, Landlock and the seccomp policy to itself before any
  * user code (sandbox-image/runner/confine.py).
  */
-import type { Config } from '../config';
-import type { RunCgroup, RunCgroups } from './cgroup/cgroups';
-import type { SandboxFiles } from './files';
-import { channelMaxBytes, hostRunnerPaths, launcherArgv, runnerArgv, runnerJob, sandboxEnvironment } from './job';
-import { runProcess, statusFdOf, type ProcessResult } from './processRun';
-import { makeRunDir, removeRunDir } from './workRoot';
-import type { RunReport, RunRequest, Sandbox } from './types';
-import { failedRun, withUsageNote } from './types';
-import { killAllOfUid, removeFilesOfUid } from './uidReaper';
-import { memoryVerdict, runUsageLimits } from './usageWatch';
+import type { Config } from '../../config';
+import type { RunCgroup, RunCgroups } from '../cgroup/cgroups';
+import type { SandboxFiles } from '../files';
+import { launcherArgv, runProcess, statusFdOf, type ProcessResult } from '../processRun';
+import { coldJob, runnerArgv, sandboxEnvironment } from '../protocol';
+import { failedRun, withUsageNote, type RunReport, type RunRequest, type SandboxPath } from '../types';
+import { killAllOfUid, removeFilesOfUid } from '../uidReaper';
+import { memoryVerdict, usageLimits, type WatchedDir } from '../usageWatch';
+import { removeRunDir } from '../workRoot';
+import { hostRunnerPaths, makeWatchedRunDir } from './host';
 
-export class SeccompSandbox implements Sandbox {
+export class SeccompSandbox implements SandboxPath {
   readonly mode = 'seccomp' as const;
   readonly path = 'cold' as const;
   private readonly isRoot = process.getuid?.() === 0;
@@ -31,28 +31,21 @@ export class SeccompSandbox implements Sandbox {
     const uid = this.isRoot ? this.config.sandboxUidBase + request.slot : undefined;
     let cgroup: RunCgroup | undefined;
     try {
-      cgroup = this.cgroups?.create(request.slot);
+      cgroup = this.cgroups?.create(request.slot, request.limits);
     } catch (error) {
       return failedRun(this.mode, `the run's cgroup could not be created: ${(error as Error).message}`);
     }
-    let workdir: string | undefined;
+    let dir: WatchedDir | undefined;
     try {
-      workdir = await makeRunDir(this.config.workRoot, request.slot, uid);
-      const job = runnerJob(this.config, hostRunnerPaths(this.files, workdir), request.script, request.args);
+      dir = await makeWatchedRunDir(this.config, request.slot, uid);
+      const job = coldJob(request, hostRunnerPaths(this.files, dir.path));
       const run = { statusFd: statusFdOf(0), uid, join: cgroup?.procsFiles ?? [] };
       const argv = launcherArgv(this.config.sandboxPython, this.files.runnerDir, run, runnerArgv(this.config.sandboxPython, this.files.runnerDir));
       // Aggregate memory (the cgroup's verdict, or the sampler) and the size of the run's directory.
-      const usage = runUsageLimits(this.config, { cgroup, uid, dir: workdir });
+      const usage = usageLimits(request.limits, { cgroup, uid, dir });
       const result = await runProcess(
-        { argv, env: sandboxEnvironment(workdir), cwd: workdir, stdin: job, extraReadFds: 0 },
-        {
-          timeoutMs: this.config.scriptTimeoutMs,
-          outputMaxBytes: this.config.outputMaxBytes,
-          channelMaxBytes: channelMaxBytes(this.config),
-          signal: request.signal,
-          usage,
-          killRun: (launcherPid) => this.killRun(launcherPid, uid, cgroup),
-        },
+        { argv, env: sandboxEnvironment(dir.path), cwd: dir.path, stdin: job, extraReadFds: 0 },
+        { limits: request.limits, signal: request.signal, usage, killRun: (launcherPid) => this.killRun(launcherPid, uid, cgroup) },
       );
       return withUsageNote(toReport(result), result.exceeded ?? memoryVerdict(usage));
     } finally {
@@ -61,7 +54,7 @@ export class SeccompSandbox implements Sandbox {
         if (!cgroup) await killAllOfUid(uid);
         await removeFilesOfUid(uid);
       }
-      if (workdir) await removeRunDir(workdir);
+      if (dir) await removeRunDir(dir.path);
     }
   }
 

@@ -1,18 +1,18 @@
 /**
- * nsjail mode: one jail per cold run from the rendered python.cfg, started by the launcher inside
- * the run's cgroup (where the host has one), so the jail and all it starts are limited and killed
- * with it. The runner inside still applies the same seccomp policy and Landlock on top of the
- * namespaces.
+ * nsjail mode: one jail per cold run from the rendered python.cfg and the run's limits as flags,
+ * started by the launcher inside the run's cgroup (where the host has one), so the jail and all it
+ * starts are limited and killed with it. The runner inside still applies the same seccomp policy
+ * and Landlock on top of the namespaces.
  */
-import type { Config } from '../config';
-import type { RunCgroup, RunCgroups } from './cgroup/cgroups';
-import type { SandboxFiles } from './files';
-import { channelMaxBytes, JAIL_RUNNER_DIR, jailRunnerPaths, launcherArgv, runnerArgv, runnerJob } from './job';
-import { runProcess, statusFdOf } from './processRun';
-import type { RunReport, RunRequest, Sandbox } from './types';
-import { failedRun, withUsageNote } from './types';
-import { killAllOfUid } from './uidReaper';
-import { memoryVerdict, runUsageLimits } from './usageWatch';
+import type { Config } from '../../config';
+import type { RunCgroup, RunCgroups } from '../cgroup/cgroups';
+import type { SandboxFiles } from '../files';
+import { launcherArgv, runProcess, statusFdOf } from '../processRun';
+import { coldJob, runnerArgv } from '../protocol';
+import { failedRun, withUsageNote, type RunReport, type RunRequest, type SandboxPath } from '../types';
+import { killAllOfUid } from '../uidReaper';
+import { memoryVerdict, usageLimits } from '../usageWatch';
+import { JAIL_RUNNER_DIR, jailRunnerPaths, limitFlags } from './jail';
 
 /** The uid (and gid) a script has inside the jail. */
 const INSIDE_ID = 1000;
@@ -22,7 +22,7 @@ export interface NsjailOptions {
   configFile: string;
 }
 
-export class NsjailSandbox implements Sandbox {
+export class NsjailSandbox implements SandboxPath {
   readonly mode = 'nsjail' as const;
   readonly path = 'cold' as const;
   private readonly isRoot = process.getuid?.() === 0;
@@ -37,7 +37,7 @@ export class NsjailSandbox implements Sandbox {
   async run(request: RunRequest): Promise<RunReport> {
     let cgroup: RunCgroup | undefined;
     try {
-      cgroup = this.cgroups?.create(request.slot);
+      cgroup = this.cgroups?.create(request.slot, request.limits);
     } catch (error) {
       return failedRun(this.mode, `the run's cgroup could not be created: ${(error as Error).message}`);
     }
@@ -50,23 +50,22 @@ export class NsjailSandbox implements Sandbox {
 
   private async runIn(cgroup: RunCgroup | undefined, request: RunRequest): Promise<RunReport> {
     const outsideId = this.isRoot ? this.config.sandboxUidBase + request.slot : process.getuid!();
-    const job = runnerJob(this.config, jailRunnerPaths(), request.script, request.args);
+    const job = coldJob(request, jailRunnerPaths());
     const nsjail = [
       this.options.binary,
       '--config', this.options.configFile,
+      ...limitFlags(request.limits),
       '--user', `${INSIDE_ID}:${outsideId}:1`,
       '--group', `${INSIDE_ID}:${outsideId}:1`,
       '--', ...runnerArgv(this.config.sandboxPython, JAIL_RUNNER_DIR),
     ];
     const argv = launcherArgv(this.config.sandboxPython, this.files.runnerDir, { statusFd: statusFdOf(1), join: cgroup?.procsFiles ?? [] }, nsjail);
     // Aggregate memory of the jail's processes: the cgroup's verdict, or the sampler by outside uid.
-    const usage = runUsageLimits(this.config, { cgroup, uid: this.isRoot ? outsideId : undefined });
+    const usage = usageLimits(request.limits, { cgroup, uid: this.isRoot ? outsideId : undefined });
     const result = await runProcess(
       { argv, env: {}, cwd: '/', stdin: job, extraReadFds: 1 },
       {
-        timeoutMs: this.config.scriptTimeoutMs,
-        outputMaxBytes: this.config.outputMaxBytes,
-        channelMaxBytes: channelMaxBytes(this.config),
+        limits: request.limits,
         signal: request.signal,
         usage,
         killRun: async (launcherPid) => {

@@ -1,0 +1,74 @@
+/**
+ * What bounds one run, derived in one place and carried in its RunRequest to everything that
+ * enforces it: the watchdog and the output caps (processRun.ts, warm/warmSandbox.ts), the rlimits
+ * in the runner's job (protocol.ts), the run's cgroup (cgroup/cgroups.ts), the usage sampler
+ * (usageWatch.ts) and nsjail's flags (nsjail/jail.ts).
+ *
+ * Today every run gets the configured limits. A request that may lower its own limits changes
+ * runLimits() alone, with one exception: a warm child is confined before its run exists, with
+ * the configured limits (warm/warmSandbox.ts says what that takes).
+ *
+ * Not here, because they are per instance: the size of a run's writable space (SCRIPT_TMP_MB),
+ * which nsjail can only take from its rendered python.cfg (a tmpfs mounted from its command line
+ * cannot be nosuid and nodev), and the zygote's own limits.
+ */
+import type { Config } from '../config';
+import type { RunOrder, RunReport, Sandbox, SandboxPath } from './types';
+
+export const MIB = 1024 * 1024;
+
+export interface RunLimits {
+  /** Wall clock, queue time not included: the service's watchdog (and nsjail's, a second later). */
+  timeoutMs: number;
+  /** RLIMIT_CPU. */
+  cpuSeconds: number;
+  /** RLIMIT_AS of each process, and the whole run's memory (its cgroup, or the usage sampler). */
+  memoryBytes: number;
+  /** RLIMIT_NPROC, and the run cgroup's pids limit. */
+  maxProcesses: number;
+  /** RLIMIT_NOFILE. */
+  maxOpenFiles: number;
+  /** RLIMIT_FSIZE. */
+  maxFileBytes: number;
+  /** Captured stdout, and captured stderr, each. */
+  outputMaxBytes: number;
+  /** The JSON of main()'s return value. */
+  resultMaxBytes: number;
+}
+
+export function runLimits(config: Config): RunLimits {
+  return {
+    timeoutMs: config.scriptTimeoutMs,
+    // CPU time: the wall-clock limit's seconds, rounded up.
+    cpuSeconds: Math.ceil(config.scriptTimeoutMs / 1000),
+    memoryBytes: config.scriptMemoryMb * MIB,
+    maxProcesses: config.scriptMaxProcesses,
+    maxOpenFiles: config.scriptMaxOpenFiles,
+    maxFileBytes: config.scriptMaxFileMb * MIB,
+    outputMaxBytes: config.outputMaxBytes,
+    resultMaxBytes: config.resultMaxBytes,
+  };
+}
+
+/**
+ * The sandbox the service runs scripts with (the start-up probe's choice): a backend on its warm
+ * or cold path, whose every run, trial runs included, gets its limits here.
+ */
+export class LimitedSandbox implements Sandbox {
+  readonly mode: SandboxPath['mode'];
+  readonly path: SandboxPath['path'];
+  readonly waiting?: () => Array<{ slot: number; pid: number }>;
+
+  constructor(
+    private readonly inner: SandboxPath,
+    private readonly config: Config,
+  ) {
+    this.mode = inner.mode;
+    this.path = inner.path;
+    if (inner.waiting) this.waiting = inner.waiting.bind(inner);
+  }
+
+  run(order: RunOrder): Promise<RunReport> {
+    return this.inner.run({ ...order, limits: runLimits(this.config) });
+  }
+}

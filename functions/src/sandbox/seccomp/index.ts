@@ -1,0 +1,41 @@
+/**
+ * The seccomp backend: the runner as a subprocess under the run slot's own uid, confined by the
+ * rlimits, Landlock rules and seccomp policy it applies to itself. Its cold path is
+ * coldSandbox.ts, its warm path's boundary warmBoundary.ts, and where a run lives on the host
+ * host.ts.
+ */
+import type { Backend } from '../backends';
+import { LimitedSandbox } from '../limits';
+import { trialRun } from '../trial';
+import { NOT_TRIED } from '../types';
+import { SeccompSandbox } from './coldSandbox';
+import { seccompBoundary } from './warmBoundary';
+
+export const seccompBackend: Backend<'seccomp'> = {
+  mode: 'seccomp',
+  notTried: { seccomp: NOT_TRIED, landlock: { ...NOT_TRIED, abi: 0 } },
+  // Its trial also finds what every backend's runner applies on this host: seccomp, and Landlock.
+  alwaysTried: true,
+  async trial({ config, files, cgroups }) {
+    const cold = new LimitedSandbox(new SeccompSandbox(config, files, cgroups), config);
+    const trial = await trialRun(cold);
+    const layers = trial.report.channel.kind === 'message' ? trial.report.channel.message.layers : undefined;
+    const abi = layers?.landlock_abi ?? 0;
+    return {
+      findings: {
+        seccomp: { available: trial.ok, detail: trial.detail },
+        landlock: {
+          available: abi > 0,
+          abi,
+          detail: !layers
+            ? 'unknown: the trial run that reports it failed'
+            : abi > 0
+              ? `Landlock ABI ${abi}: writes only to the run's directory, reads only system files`
+              : 'the kernel offers no Landlock; file access rests on uid permissions',
+        },
+      },
+      cold: trial.ok ? cold : undefined,
+      warm: seccompBoundary(config, files),
+    };
+  },
+};

@@ -1,0 +1,19 @@
+/**
+ * A trial run: a tiny script through a real sandbox, end to end. It proves each backend at
+ * start-up (the probe) and the chosen one on demand (/healthz?deep=1's canary).
+ */
+import type { RunReport, Sandbox } from './types';
+
+const TRIAL_SCRIPT = 'def main():\n    return 42\n';
+
+export async function trialRun(sandbox: Sandbox, slot = 0): Promise<{ ok: boolean; detail: string; report: RunReport }> {
+  const report = await sandbox.run({ script: TRIAL_SCRIPT, args: {}, slot, signal: new AbortController().signal });
+  if (report.sandboxFailure) return { ok: false, detail: report.sandboxFailure, report };
+  if (report.channel.kind === 'message') {
+    const message = report.channel.message;
+    if (message.status === 'ok' && message.result === 42) return { ok: true, detail: 'trial run returned the expected result', report };
+    if (message.status === 'error') return { ok: false, detail: message.error.message, report };
+  }
+  const tail = report.stderr.text.trim().split('\n').slice(-3).join(' | ');
+  return { ok: false, detail: `trial run failed (exit ${report.exitCode}, signal ${report.signal}): ${tail}`, report };
+}

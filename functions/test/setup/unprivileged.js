@@ -1,0 +1,2 @@
+process.env.TEST_SANDBOX_PATH = 'warm';
+process.env.TEST_UNPRIVILEGED = '1';
