@@ -1,14 +1,31 @@
 #!/usr/bin/env bash
-# Idempotent set-up shared by `npm start`, `npm test` (with --test) and `npm run bench` on a fresh Debian 12
-# machine with Node 20: npm dependencies, the sandbox's Debian packages, and the compiled service.
+# Idempotent set-up shared by `npm start`, `npm test` (with --test) and `npm run bench` on a fresh Debian
+# machine (12 or 13): Node 24, npm dependencies, the host's Debian packages, the sandbox's root file
+# system, and the compiled service. `npm run lint` (--lint) needs only Node 24, the npm dependencies
+# and pyflakes; `npm run typecheck` and `npm run format` (--npm) only Node 24 and the npm dependencies.
+#
+# Node 24: scripts/node.sh (the machine's node when it is 24, otherwise the official binary from the
+# npm registry, fetched once into /var/cache/pyexec-node). Every npm script runs node through it.
+#
+# The sandbox root: sandbox-image/rootfs/build.sh (debootstrap of Debian 13 with the packages of
+# sandbox-image/rootfs/packages.txt, cached by the list's hash; minutes the first time, then found).
+# Its stable path is /var/cache/pyexec-rootfs/current/root (or $PYEXEC_ROOTFS_CACHE/current/root),
+# a symlink to the root built from the current list; set-up prints it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-node_major=$(node -p 'process.versions.node.split(".")[0]')
-if [ "$node_major" != "20" ]; then
-  echo "setup: Node 20 is required (found $(node --version))" >&2
-  exit 1
-fi
+mode="${1:-}"
+case "$mode" in
+  "" | --test | --lint | --npm) ;;
+  *)
+    echo "setup: unknown option $mode (expected --test, --lint or --npm)" >&2
+    exit 1
+    ;;
+esac
+
+# Node 24 first on PATH for everything below (npm ci's install scripts, tsc).
+node_bin=$(bash scripts/node.sh --bin-dir)
+export PATH="$node_bin:$PATH"
 
 # npm dependencies: install when missing or older than the lock file.
 if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
@@ -16,21 +33,36 @@ if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modu
   npm ci --no-audit --no-fund --loglevel=error
 fi
 
-# The sandbox interpreter and its packages, from sandbox-image/packages.txt.
+# Lint checks the runner's Python with pyflakes (Debian's pyflakes3).
+if [ "$mode" = "--lint" ] && ! command -v pyflakes3 >/dev/null; then
+  if [ "$(id -u)" = "0" ]; then
+    echo "setup: installing pyflakes3 for the lint" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends pyflakes3
+  else
+    echo "setup: the lint needs pyflakes3; run as root: apt-get install pyflakes3" >&2
+    exit 1
+  fi
+fi
+if [ "$mode" = "--lint" ] || [ "$mode" = "--npm" ]; then
+  exit 0
+fi
+
+# The host's Debian packages, from sandbox-image/packages.txt (see there: until the service runs Python
+# inside the sandbox root, they include the interpreter it runs today).
 python="${SANDBOX_PYTHON:-/usr/bin/python3}"
 if ! "$python" -c 'import numpy, pandas, seccomp' >/dev/null 2>&1 || ! command -v pkill >/dev/null; then
   if [ "$(id -u)" = "0" ]; then
-    echo "setup: installing the sandbox's Debian packages from sandbox-image/packages.txt" >&2
+    echo "setup: installing the host's Debian packages from sandbox-image/packages.txt" >&2
     sh sandbox-image/install-packages.sh
   else
-    echo "setup: the sandbox needs Debian packages; run as root:" >&2
+    echo "setup: the host needs Debian packages; run as root:" >&2
     echo "  sudo sh sandbox-image/install-packages.sh" >&2
     exit 1
   fi
 fi
 
 # Tests also lint shell scripts (functions/test/deploy/shellcheck.test.ts).
-if [ "${1:-}" = "--test" ] && ! command -v shellcheck >/dev/null; then
+if [ "$mode" = "--test" ] && ! command -v shellcheck >/dev/null; then
   if [ "$(id -u)" = "0" ]; then
     echo "setup: installing shellcheck for the tests" >&2
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends shellcheck
@@ -40,9 +72,13 @@ if [ "${1:-}" = "--test" ] && ! command -v shellcheck >/dev/null; then
   fi
 fi
 
+# The sandbox's root file system: built once per package list (root only), then found in the cache.
+rootfs=$(bash sandbox-image/rootfs/build.sh)
+echo "setup: sandbox root $rootfs (stable path: $(dirname "$(dirname "$rootfs")")/current/root)" >&2
+
 # Compile the service when any source is newer than the build.
 if [ ! -f functions/build/index.js ] || [ -n "$(find functions/src tsconfig.json -newer functions/build/index.js -print -quit)" ]; then
   echo "setup: compiling the service (tsc)" >&2
   rm -rf functions/build
-  npx tsc -p tsconfig.json
+  node node_modules/.bin/tsc -p tsconfig.json
 fi

@@ -23,10 +23,12 @@ test('every variable config.ts reads is in SETTINGS', () => {
   for (const name of read) expect(SETTINGS.map((s) => s.env)).toContain(name);
 });
 
-test('.ci/run runs exactly the test command README gives', () => {
+test('.ci/run runs the lint, the type check, then exactly the test command README gives', () => {
   expect(readme).toContain('npm test       #');
   const ci = readFileSync(path.join(REPO, '.ci/run'), 'utf8').split('\n').filter((l) => l && !l.startsWith('#') && !l.startsWith('set ') && !l.startsWith('cd '));
-  expect(ci).toEqual(['npm test']);
+  expect(ci).toEqual(['npm run lint', 'npm run typecheck', 'npm test']);
+  const documented = [...readme.matchAll(/^(npm (?:test|run [a-z:]+)) +#/gm)].map((m) => m[1]);
+  expect(documented).toEqual(expect.arrayContaining(ci));
 });
 
 test('defaults', () => {

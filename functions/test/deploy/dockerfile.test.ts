@@ -59,18 +59,75 @@ function envOf(s: Stage): Record<string, string> {
 }
 
 describe('stages', () => {
-  test('nsjail-build, service-build, then the runtime stage', () => {
-    expect(stages.map((s) => s.name)).toEqual(['nsjail-build', 'service-build', 'runtime']);
+  test('rootfs-build, nsjail-build, service-build, then the runtime stage', () => {
+    expect(stages.map((s) => s.name)).toEqual(['rootfs-build', 'nsjail-build', 'service-build', 'runtime']);
   });
 
-  test('every stage is Debian bookworm; the service stages are Node 20', () => {
-    for (const s of stages) expect(s.from.getImageTag()).toMatch(/bookworm/);
-    expect(stage('nsjail-build').from.getImageName()).toBe('debian');
-    expect(stage('nsjail-build').from.getImageTag()).toMatch(/^bookworm(-\d{8})?(-slim)?$/);
+  test('every stage is Debian 13 (trixie), pinned by tag; the service stages are Node 24', () => {
+    for (const s of stages) expect(s.from.getImageTag()).toMatch(/trixie/);
+    for (const name of ['rootfs-build', 'nsjail-build']) {
+      expect(stage(name).from.getImageName()).toBe('debian');
+      // A dated tag: the same base until someone moves it.
+      expect(stage(name).from.getImageTag()).toMatch(/^trixie-\d{8}(-slim)?$/);
+    }
     for (const name of ['service-build', 'runtime']) {
       expect(stage(name).from.getImageName()).toBe('node');
-      expect(stage(name).from.getImageTag()).toMatch(/^20(\.\d+){0,2}-bookworm(-slim)?$/);
+      // The official image, with the full Node version in the tag.
+      expect(stage(name).from.getImageTag()).toMatch(/^24\.\d+\.\d+-trixie-slim$/);
     }
+    expect(stage('service-build').from.getImageTag()).toBe(runtime.from.getImageTag());
+  });
+});
+
+describe('the sandbox root file system', () => {
+  const rootfs = stage('rootfs-build');
+
+  test('is built by sandbox-image/rootfs/build.sh from its package list, as on every test host', () => {
+    const copy = copies(rootfs).find((c) => c.sources.some((s) => s.replace(/\/$/, '') === 'sandbox-image/rootfs'));
+    expect(copy).toBeDefined();
+    const dir = copy!.dest.replace(/\/$/, '');
+    const build = runs(rootfs).find((r) => r.includes(`bash ${dir}/build.sh`));
+    expect(build).toBeDefined();
+    // ... and the build fails unless the packages it resolved are the committed lock.
+    expect(build).toContain(`--check-manifest ${dir}/manifest.txt`);
+    expect(build).toMatch(/mv "\$root" \/rootfs\b/);
+    // debootstrap is the only package the stage installs itself.
+    for (const r of runs(rootfs)) {
+      for (const m of r.matchAll(/apt-get install ((?:-\S+\s+)*)([^&;|]+)/g)) {
+        expect(
+          m[2]
+            .trim()
+            .split(/\s+/)
+            .filter((p) => !p.startsWith('-')),
+        ).toEqual(['debootstrap']);
+      }
+    }
+  });
+
+  test('build.sh debootstraps Debian 13 minbase with exactly the listed packages', () => {
+    const script = repoFile('sandbox-image/rootfs/build.sh');
+    expect(script).toMatch(/^suite=trixie$/m);
+    expect(script).toMatch(/debootstrap --variant=minbase [^\n]*--include="\$include" "\$suite"/);
+    expect(script).toMatch(/"\$here\/packages\.txt"/);
+  });
+
+  test('lands at /opt/sandbox/rootfs, where SANDBOX_ROOTFS points, after the /opt/sandbox chmod', () => {
+    expect(copies(runtime)).toContainEqual({ from: 'rootfs-build', sources: ['/rootfs/'], dest: '/opt/sandbox/rootfs/' });
+    const all = runtime.instructions;
+    const copy = all.findIndex(
+      (i) =>
+        i.getKeyword() === 'COPY' &&
+        i
+          .getArguments()
+          .map((a) => a.getValue())
+          .join(' ') === '/rootfs/ /opt/sandbox/rootfs/',
+    );
+    expect(copy).toBeGreaterThan(-1);
+    // The recursive chmod of /opt/sandbox comes first: after it, it would copy the root into a second layer.
+    const chmod = all.findIndex((i) => i.getKeyword() === 'RUN' && /chmod -R [^ ]* \/opt\/sandbox/.test(i.getArgumentsContent() ?? ''));
+    expect(chmod).toBeGreaterThan(-1);
+    expect(chmod).toBeLessThan(copy);
+    expect(envOf(runtime).SANDBOX_ROOTFS).toBe('/opt/sandbox/rootfs');
   });
 });
 
@@ -129,26 +186,33 @@ describe('the service', () => {
   });
 
   test('the sandbox files are copied to /opt/sandbox, root-owned and read-only', () => {
-    const dests = copies(runtime).filter((c) => c.dest.startsWith('/opt/sandbox'));
+    const dests = copies(runtime).filter((c) => c.from === null && c.dest.startsWith('/opt/sandbox'));
     const sources = dests.flatMap((c) => c.sources).map((s) => s.replace(/\/$/, ''));
     expect(sources.sort()).toEqual(['sandbox-image/nsjail', 'sandbox-image/runner', 'sandbox-image/seccomp-policy.json']);
     expect(runs(runtime).some((r) => /chown -R root:root \/opt\/sandbox/.test(r) && /chmod -R [^ ]*a-w[^ ]* \/opt\/sandbox/.test(r))).toBe(true);
   });
 
-  test('the Debian packages come from packages.txt through install-packages.sh (plus tini)', () => {
+  test("the host's Debian packages come from packages.txt through install-packages.sh (plus tini and nsjail's libraries)", () => {
     const copy = copies(runtime).find((c) => c.sources.includes('sandbox-image/install-packages.sh'));
     expect(copy).toBeDefined();
     expect(copy!.sources).toContain('sandbox-image/packages.txt');
     const dir = copy!.dest.replace(/\/$/, '');
     const install = runs(runtime).find((r) => r.includes(`sh ${dir}/install-packages.sh`));
     expect(install).toBeDefined();
-    // No package is installed around the list except tini.
+    // No package is installed around the list except tini and the shared libraries nsjail links
+    // (Debian 13's names: nsjail exists only in the image, so they are not in packages.txt).
     for (const r of runs(runtime)) {
       for (const m of r.matchAll(/apt-get install ((?:-\S+\s+)*)([^&;|]+)/g)) {
-        const pkgs = m[2].trim().split(/\s+/).filter((p) => !p.startsWith('-'));
-        expect(pkgs).toEqual(['tini']);
+        const pkgs = m[2]
+          .trim()
+          .split(/\s+/)
+          .filter((p) => !p.startsWith('-'));
+        expect(pkgs).toEqual(['tini', 'libprotobuf32t64', 'libnl-route-3-200']);
       }
     }
+    // What a script imports comes from the sandbox root: no Python package besides those of
+    // packages.txt reaches the runtime stage.
+    expect(runs(runtime).join(' ')).not.toMatch(/\bpip3? install\b/);
   });
 
   test('environment: production, sandbox paths and port', () => {
@@ -158,6 +222,7 @@ describe('the service', () => {
         SANDBOX_DIR: '/opt/sandbox',
         NSJAIL_PATH: '/usr/local/bin/nsjail',
         SANDBOX_PYTHON: '/usr/bin/python3',
+        SANDBOX_ROOTFS: '/opt/sandbox/rootfs',
         PORT: '8080',
       }),
     );
@@ -246,7 +311,10 @@ describe('build context', () => {
   });
 
   test('everything the Dockerfile copies from the context exists and is let in', () => {
-    const sources = stages.flatMap(copies).filter((c) => c.from === null).flatMap((c) => c.sources);
+    const sources = stages
+      .flatMap(copies)
+      .filter((c) => c.from === null)
+      .flatMap((c) => c.sources);
     expect(sources.length).toBeGreaterThan(0);
     for (const src of sources) {
       const rel = src.replace(/\/$/, '');
@@ -259,7 +327,10 @@ describe('build context', () => {
 
   test('the Cloud Build upload (infra/gcloud/gcloudignore) keeps what the image build needs', () => {
     const dropped = dockerIgnore(repoFile('infra/gcloud/gcloudignore'));
-    const sources = stages.flatMap(copies).filter((c) => c.from === null).flatMap((c) => c.sources);
+    const sources = stages
+      .flatMap(copies)
+      .filter((c) => c.from === null)
+      .flatMap((c) => c.sources);
     for (const p of [...sources, 'sandbox-image/Dockerfile', '.dockerignore']) {
       expect({ path: p, dropped: dropped(p.replace(/\/$/, '')) }).toEqual({ path: p, dropped: false });
     }
