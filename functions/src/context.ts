@@ -1,4 +1,4 @@
-/** What every handler may use: built once at start-up by service.ts. */
+/** What every handler may use: built once per handler by service.ts. */
 import type { Admission } from './admission';
 import type { Config } from './config';
 import type { Lifecycle } from './lifecycle';
@@ -10,8 +10,15 @@ export interface ServiceContext {
   logger: Logger;
   admission: Admission;
   lifecycle: Lifecycle;
-  /** Resolves when the start-up probe has chosen a sandbox (or found none). */
-  probe: Promise<ProbeResult>;
+  /**
+   * Resolves when the start-up probe has chosen a sandbox (or found none). Reading it starts the
+   * probe if nothing has yet: on the first request, or when the handler is started explicitly.
+   */
+  readonly probe: Promise<ProbeResult>;
+  /** Where the handler is mounted: '' (the root) or a prefix such as '/pyexec'. */
+  basePath: string;
+  /** Requests arrive through Cloud Run's front end: X-Forwarded-For names the caller. */
+  behindFrontEnd: boolean;
 }
 
 /** Per request. */

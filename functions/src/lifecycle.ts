@@ -3,6 +3,10 @@
  * within SHUTDOWN_GRACE_MS, then kill the rest (their requests are answered 503 shutting_down),
  * and exit once every answer is written. The Functions Framework's own SIGTERM/SIGINT handlers
  * exit at once, so they are removed as soon as it installs them.
+ *
+ * Only a function that owns its process takes the signals over (index.ts's `service`, when the
+ * Functions Framework serves it); a handler mounted in another app leaves them to that app, which
+ * calls `shutdown()` itself (with an `exit` that does not end the process).
  */
 import type { Admission } from './admission';
 import type { Logger } from './logging';
@@ -15,6 +19,7 @@ export class Lifecycle {
   private readonly runs = new Set<AbortController>();
   private readonly idleWaiters: Array<() => void> = [];
   private stopping = false;
+  private signalsTaken = false;
 
   constructor(
     private readonly admission: Admission,
@@ -37,12 +42,14 @@ export class Lifecycle {
   }
 
   takeOverSignals(): void {
+    if (this.signalsTaken) return;
+    this.signalsTaken = true;
     const handler = (signal: string) => void this.shutdown(signal);
     for (const signal of SIGNALS) {
       for (const listener of process.listeners(signal)) process.removeListener(signal, listener);
       process.on(signal, handler);
     }
-    process.on('newListener', (event, listener) => {
+    process.on('newListener', (event: string | symbol, listener) => {
       if ((SIGNALS as readonly (string | symbol)[]).includes(event) && listener !== handler) {
         setImmediate(() => process.removeListener(event as NodeJS.Signals, listener as () => void));
       }

@@ -38,10 +38,15 @@ describe('routing', () => {
     expect(answer.headers.get('allow')).toBe('POST');
   });
 
-  test('POST /healthz: 405 with Allow: GET, HEAD', async () => {
-    const answer = await request(`${service.url}/healthz`, { method: 'POST' });
+  test.each(['/health', '/healthz'])('POST %s: 405 with Allow: GET, HEAD', async (path) => {
+    const answer = await request(`${service.url}${path}`, { method: 'POST' });
     expectError(answer, 405, 'method_not_allowed');
     expect(answer.headers.get('allow')).toBe('GET, HEAD');
+  });
+
+  test('a huge body sent to another route is not buffered: 405 at once, not after reading it', async () => {
+    const reply = await rawHttp(`PUT /execute HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1073741824\r\nConnection: close\r\n\r\n{`);
+    expect(reply).toMatch(/^HTTP\/1\.1 405/);
   });
 });
 
@@ -66,9 +71,7 @@ describe('body size', () => {
   });
 
   test('a declared 1 GB body is refused at once', async () => {
-    const reply = await rawHttp(
-      `POST /execute HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1073741824\r\n\r\n{"script":`,
-    );
+    const reply = await rawHttp(`POST /execute HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1073741824\r\n\r\n{"script":`);
     expect(reply).toMatch(/^HTTP\/1\.1 413/);
     expect(reply).toContain('"payload_too_large"');
   });
@@ -128,7 +131,8 @@ describe('nesting depth (a service with the default 1 MiB REQUEST_MAX_BYTES, so 
 
   const postRoomy = (body: string) => request(`${roomy.url}/execute`, { method: 'POST', headers: { 'content-type': 'application/json' }, body });
   const nested = (levels: number) => `${'['.repeat(levels)}1${']'.repeat(levels)}`;
-  const DEPTH_SCRIPT = 'def depth(v):\n    return 1 + max([depth(x) for x in (v.values() if isinstance(v, dict) else v)], default=0) if isinstance(v, (dict, list)) else 0\ndef main(**kw):\n    return depth(kw)';
+  const DEPTH_SCRIPT =
+    'def depth(v):\n    return 1 + max([depth(x) for x in (v.values() if isinstance(v, dict) else v)], default=0) if isinstance(v, (dict, list)) else 0\ndef main(**kw):\n    return depth(kw)';
 
   function expectTooDeep(answer: { status: number; body: any; headers: Headers }) {
     expectError(answer, 400, 'invalid_request');

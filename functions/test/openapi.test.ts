@@ -1,7 +1,11 @@
-/** GET /openapi.json describes the API, and real responses validate against it. */
+/** GET /openapi.json describes the API, real responses validate against it, and a real linter passes it. */
 import Ajv from 'ajv';
+import { spawnSync } from 'child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'fs';
+import * as os from 'os';
+import * as path from 'path';
 import { ERROR_TYPES } from '../src/errors';
-import { execute, py, request, startService, type RunningService } from './helpers/service';
+import { execute, py, REPO, request, startService, type RunningService } from './helpers/service';
 
 let service: RunningService;
 let doc: any;
@@ -24,9 +28,49 @@ function expectValid(component: string, body: unknown) {
   if (!ok) throw new Error(`${component} invalid: ${JSON.stringify(validate.errors)}\n${JSON.stringify(body)}`);
 }
 
-test('is OpenAPI 3.1 with /execute, /healthz and /openapi.json', () => {
+test('is OpenAPI 3.1 with /execute, /health and /openapi.json (not the /healthz alias Cloud Run never passes)', () => {
   expect(doc.openapi).toBe('3.1.0');
-  expect(Object.keys(doc.paths).sort()).toEqual(['/execute', '/healthz', '/openapi.json']);
+  expect(Object.keys(doc.paths).sort()).toEqual(['/execute', '/health', '/openapi.json']);
+});
+
+test("its version is the package's, and it declares the bearer identity token a deployment requires", () => {
+  const pkg = JSON.parse(readFileSync(path.join(REPO, 'package.json'), 'utf8'));
+  expect(doc.info.version).toBe(pkg.version);
+  expect(doc.components.securitySchemes.identityToken).toMatchObject({ type: 'http', scheme: 'bearer', bearerFormat: 'JWT' });
+  expect(doc.security).toEqual([{ identityToken: [] }]);
+  // Cloud Run's own refusal of a missing or unauthorised token is described, as HTML.
+  expect(Object.keys(doc.paths['/execute'].post.responses['403'].content)).toEqual(['text/html']);
+  expect(doc.servers).toEqual([expect.objectContaining({ url: '/' })]);
+});
+
+test("passes Redocly CLI's lint (recommended rules) with no error and no warning", () => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'openapi-lint-'));
+  try {
+    const file = path.join(dir, 'openapi.json');
+    writeFileSync(file, JSON.stringify(doc, null, 2));
+    // Offline: no telemetry, no update check; run in an empty directory so no redocly.yaml applies.
+    const lint = spawnSync(process.execPath, [path.join(REPO, 'node_modules/@redocly/cli/bin/cli.js'), 'lint', file, '--format=json'], {
+      cwd: dir,
+      env: {
+        PATH: process.env.PATH ?? '/usr/bin:/bin',
+        HOME: dir,
+        CI: 'true',
+        REDOCLY_TELEMETRY: 'off',
+        REDOCLY_SUPPRESS_UPDATE_NOTICE: 'true',
+        REDOCLY_SUPPRESS_NOTIFICATIONS: 'true',
+        NO_COLOR: '1',
+      },
+      encoding: 'utf8',
+      timeout: 120000,
+    });
+    const start = lint.stdout.indexOf('{');
+    expect({ status: lint.status, stderr: lint.stderr, parsed: start >= 0 }).toMatchObject({ status: 0, parsed: true });
+    const report = JSON.parse(lint.stdout.slice(start));
+    expect(report.problems).toEqual([]);
+    expect(report.totals).toMatchObject({ errors: 0, warnings: 0 });
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
 
 test('documents every error type under its status', () => {
@@ -68,7 +112,7 @@ test('real responses validate against the document', async () => {
   expectValid('ErrorResponse', refused.body);
   await busy;
 
-  for (const url of ['/healthz', '/healthz?deep=1']) {
+  for (const url of ['/health', '/health?deep=1', '/healthz']) {
     const health = await request(`${service.url}${url}`);
     expect(health.status).toBe(200);
     expectValid('Health', health.body);

@@ -201,7 +201,7 @@ gcloud run deploy "$SERVICE" \
   --cpu-boost \
   --port=8080 \
   --ingress="$INGRESS" \
-  --startup-probe="httpGet.path=/healthz?deep=1,httpGet.port=8080,initialDelaySeconds=0,periodSeconds=10,timeoutSeconds=9,failureThreshold=12" \
+  --startup-probe="httpGet.path=/health?deep=1,httpGet.port=8080,initialDelaySeconds=0,periodSeconds=10,timeoutSeconds=9,failureThreshold=12" \
   --set-env-vars="SANDBOX_MODE=$SANDBOX_MODE,MAX_CONCURRENT_RUNS=$MAX_CONCURRENT_RUNS,SCRIPT_TIMEOUT_MS=$SCRIPT_TIMEOUT_MS,SCRIPT_MEMORY_MB=$SCRIPT_MEMORY_MB,MAX_QUEUE=$MAX_QUEUE,MAX_QUEUE_WAIT_MS=$MAX_QUEUE_WAIT_MS,SHUTDOWN_GRACE_MS=$SHUTDOWN_GRACE_MS,REQUEST_MAX_BYTES=$REQUEST_MAX_BYTES,GOOGLE_CLOUD_PROJECT=$PROJECT_ID" \
   "$auth_flag"
 
@@ -215,4 +215,4 @@ done
 url="$(gcloud run services describe "$SERVICE" --project="$PROJECT_ID" --region="$REGION" --format='value(status.url)')"
 echo "Deployed: $url"
 echo "Which sandbox mode it runs in:"
-echo "  curl -H \"Authorization: Bearer \$(gcloud auth print-identity-token)\" $url/healthz"
+echo "  curl -H \"Authorization: Bearer \$(gcloud auth print-identity-token)\" $url/health"

@@ -155,13 +155,14 @@ resource "google_cloud_run_v2_service" "service" {
       # Ready only once a canary script has run through the real sandbox. With
       # SANDBOX_MODE=nsjail and no usable namespaces the probe gets 503 and the revision never
       # serves. Budget: failure_threshold x period_seconds = 120 s (Cloud Run allows up to 240 s).
+      # /health, not /healthz: Cloud Run reserves some paths ending in z and answers them itself.
       startup_probe {
         initial_delay_seconds = 0
         period_seconds        = 10
         timeout_seconds       = 9
         failure_threshold     = 12
         http_get {
-          path = "/healthz?deep=1"
+          path = "/health?deep=1"
           port = 8080
         }
       }

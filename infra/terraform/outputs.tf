@@ -25,5 +25,5 @@ output "request_timeout_seconds" {
 
 output "health_check_command" {
   description = "Shows the sandbox mode the service chose and its capability probe findings."
-  value       = "curl -H \"Authorization: Bearer $(gcloud auth print-identity-token)\" ${google_cloud_run_v2_service.service.uri}/healthz"
+  value       = "curl -H \"Authorization: Bearer $(gcloud auth print-identity-token)\" ${google_cloud_run_v2_service.service.uri}/health"
 }

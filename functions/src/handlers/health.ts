@@ -1,11 +1,13 @@
 /**
- * GET /healthz: cheap readiness (mode, capacity, in flight, queued, probe findings).
- * GET /healthz?deep=1: also runs a canary script through the real sandbox and reports its latency
+ * GET /health: cheap readiness (mode, capacity, in flight, queued, probe findings).
+ * GET /health?deep=1: also runs a canary script through the real sandbox and reports its latency
  * (the Cloud Run startup probe uses this).
+ * GET /healthz answers the same, for local use only: Cloud Run's front end reserves /healthz and
+ * answers it with its own 404, so deployed callers and probes must use /health.
  */
 import type { IncomingMessage } from 'http';
 import type { RequestInfo, ServiceContext } from '../context';
-import { trialRun } from '../sandbox/probe';
+import { trialRun } from '../sandbox/trial';
 import type { HandlerResult } from './execute';
 
 export async function health(req: IncomingMessage, ctx: ServiceContext, info: RequestInfo): Promise<HandlerResult> {

@@ -94,7 +94,7 @@ describe('deploy step', () => {
 
     expect(f.get('--cpu')).toBe(cb.substitutions._CPU);
     expect(f.get('--memory')).toBe(`${cb.substitutions._MEMORY_MIB}Mi`);
-    expect(dictFlag(f.get('--startup-probe'))['httpGet.path']).toBe('/healthz?deep=1');
+    expect(dictFlag(f.get('--startup-probe'))['httpGet.path']).toBe('/health?deep=1');
     expect(Number(envVars.MAX_CONCURRENT_RUNS) * Number(envVars.SCRIPT_MEMORY_MB)).toBeLessThan(Number(cb.substitutions._MEMORY_MIB));
   });
 

@@ -18,7 +18,6 @@ export function repoFile(rel: string): string {
 
 // ---- Terraform --------------------------------------------------------------------------------
 
-/* eslint-disable @typescript-eslint/no-explicit-any */
 export type Json = any;
 
 export interface TfConfig {

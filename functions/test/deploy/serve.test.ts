@@ -5,10 +5,11 @@
  * between), which shuts down cleanly.
  */
 import { spawn } from 'child_process';
+import { readFileSync } from 'fs';
 import * as path from 'path';
 import { freePort, REPO } from '../helpers/service';
 
-test('scripts/serve.sh serves /healthz and exits 0 on SIGTERM', async () => {
+test('scripts/serve.sh serves /health and exits 0 on SIGTERM', async () => {
   const port = await freePort();
   const child = spawn('bash', [path.join(REPO, 'scripts/serve.sh')], {
     cwd: REPO,
@@ -23,14 +24,14 @@ test('scripts/serve.sh serves /healthz and exits 0 on SIGTERM', async () => {
     let health: { status: string; sandbox: { mode: string } } | undefined;
     for (let i = 0; i < 200 && !health; i++) {
       try {
-        health = (await (await fetch(`http://127.0.0.1:${port}/healthz`)).json()) as typeof health;
+        health = (await (await fetch(`http://127.0.0.1:${port}/health`)).json()) as typeof health;
       } catch {
         await new Promise((r) => setTimeout(r, 100));
       }
     }
     expect(health).toMatchObject({ status: 'ok', sandbox: { mode: 'seccomp' } });
     // exec: the pid bash was started with is now node running the Functions Framework.
-    const cmdline = require('fs').readFileSync(`/proc/${child.pid}/cmdline`, 'utf8').split('\0');
+    const cmdline = readFileSync(`/proc/${child.pid}/cmdline`, 'utf8').split('\0');
     expect(cmdline[0]).toMatch(/node$/);
     expect(cmdline).toContain('--target=service');
     child.kill('SIGTERM');

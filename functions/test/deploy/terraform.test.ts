@@ -107,7 +107,7 @@ describe('the Cloud Run service', () => {
   test('the startup probe runs the deep health check', () => {
     const probe = container.startup_probe?.[0];
     expect(probe).toBeDefined();
-    expect(probe.http_get[0].path).toBe('/healthz?deep=1');
+    expect(probe.http_get[0].path).toBe('/health?deep=1');
     // Cloud Run allows at most 240 s of startup probing.
     expect(probe.failure_threshold * probe.period_seconds).toBeLessThanOrEqual(240);
     expect(probe.timeout_seconds).toBeLessThan(probe.period_seconds);
