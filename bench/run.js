@@ -8,14 +8,10 @@
  * Speed is never asserted in tests; this is the measure. Quote medians: machines here are noisy.
  */
 'use strict';
-const { spawn } = require('child_process');
 const fs = require('fs');
-const net = require('net');
-const os = require('os');
 const path = require('path');
+const { findNsjail, startService, rssKb, descendants, round, machine } = require('./lib');
 
-const REPO = path.resolve(__dirname, '..');
-const MAIN = path.join(REPO, 'node_modules/@google-cloud/functions-framework/build/src/main.js');
 const RESULTS = path.join(__dirname, 'results');
 const QUICK = process.argv.includes('--quick');
 
@@ -29,96 +25,13 @@ const WORKLOADS = {
   print_1mib: 'import sys\ndef main():\n    sys.stdout.write("x" * 1048575 + "\\n")\n    return 1\n',
 };
 
-function findNsjail() {
-  const candidates = process.env.NSJAIL_PATH ? [process.env.NSJAIL_PATH] : (process.env.PATH || '').split(':').map((d) => path.join(d, 'nsjail'));
-  return candidates.find((c) => {
-    try {
-      fs.accessSync(c, fs.constants.X_OK);
-      return fs.statSync(c).isFile();
-    } catch {
-      return false;
-    }
-  });
-}
-
-function freePort() {
-  return new Promise((resolve) => {
-    const server = net.createServer();
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address();
-      server.close(() => resolve(port));
-    });
-  });
-}
-
-async function startService(mode, pathName, extraEnv) {
-  const port = await freePort();
-  const nsjail = findNsjail();
-  const child = spawn(process.execPath, [MAIN, '--target=service', '--signature-type=http'], {
-    cwd: REPO,
-    env: {
-      PATH: process.env.PATH,
-      PORT: String(port),
-      SANDBOX_MODE: mode,
-      WARM_POOL: pathName === 'warm' ? 'on' : 'off',
-      NODE_ENV: 'production',
-      MAX_QUEUE: '1000',
-      MAX_QUEUE_WAIT_MS: '600000',
-      ...(nsjail ? { NSJAIL_PATH: nsjail } : {}),
-      ...extraEnv,
-    },
-    stdio: ['ignore', 'ignore', 'inherit'],
-  });
-  const url = `http://127.0.0.1:${port}`;
-  for (let i = 0; i < 300; i++) {
-    try {
-      const health = await (await fetch(`${url}/healthz`)).json();
-      if (health.sandbox.mode !== mode || health.sandbox.path !== pathName) {
-        throw new Error(`wanted ${mode}/${pathName}, got ${health.sandbox.mode}/${health.sandbox.path}: ${JSON.stringify(health.sandbox.capabilities.warm_pool)}`);
-      }
-      return { url, child, capacity: health.capacity };
-    } catch (error) {
-      if (String(error.message).startsWith('wanted')) throw error;
-      await new Promise((r) => setTimeout(r, 100));
-    }
-  }
-  throw new Error('service did not start');
-}
-
 /** Peak resident memory of the service process and of all its sandboxed descendants together. */
 function memorySampler(pid) {
   let servicePeak = 0;
   let sandboxPeak = 0;
-  const rssKb = (p) => {
-    try {
-      const m = /VmRSS:\s+(\d+)/.exec(fs.readFileSync(`/proc/${p}/status`, 'utf8'));
-      return m ? Number(m[1]) : 0;
-    } catch {
-      return 0;
-    }
-  };
-  const descendants = () => {
-    const parents = new Map();
-    for (const entry of fs.readdirSync('/proc')) {
-      if (!/^\d+$/.test(entry)) continue;
-      try {
-        const stat = fs.readFileSync(`/proc/${entry}/stat`, 'utf8');
-        parents.set(Number(entry), Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]));
-      } catch {
-        // gone
-      }
-    }
-    const out = [];
-    const frontier = [pid];
-    while (frontier.length) {
-      const parent = frontier.pop();
-      for (const [child, ppid] of parents) if (ppid === parent) (out.push(child), frontier.push(child));
-    }
-    return out;
-  };
   const timer = setInterval(() => {
     servicePeak = Math.max(servicePeak, rssKb(pid));
-    sandboxPeak = Math.max(sandboxPeak, descendants().reduce((sum, p) => sum + rssKb(p), 0));
+    sandboxPeak = Math.max(sandboxPeak, descendants(pid).reduce((sum, p) => sum + rssKb(p), 0));
   }, 50);
   return { stop: () => (clearInterval(timer), { service_peak_mib: round(servicePeak / 1024), sandbox_peak_mib: round(sandboxPeak / 1024) }) };
 }
@@ -152,20 +65,6 @@ async function load(url, script, concurrency, { minRequests, seconds }) {
   latencies.sort((a, b) => a - b);
   const pct = (p) => round(latencies[Math.min(latencies.length - 1, Math.floor((p / 100) * latencies.length))]);
   return { requests: total, p50_ms: pct(50), p95_ms: pct(95), p99_ms: pct(99), throughput_rps: round(total / wall), errors };
-}
-
-function round(x) {
-  return Math.round(x * 10) / 10;
-}
-
-function machine() {
-  let kernel = '';
-  try {
-    kernel = fs.readFileSync('/proc/sys/kernel/osrelease', 'utf8').trim();
-  } catch {
-    kernel = os.release();
-  }
-  return { cpus: os.cpus().length, cpu_model: os.cpus()[0]?.model ?? 'unknown', memory_gib: round(os.totalmem() / 2 ** 30), kernel, node: process.version, date: new Date().toISOString() };
 }
 
 function markdown(report) {
