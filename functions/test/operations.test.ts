@@ -18,7 +18,7 @@ describe('structured logs and health', () => {
     expect(startup!.severity).toBe('INFO');
     expect(startup!.sandbox_mode).toBe('seccomp');
     expect(startup!.reason).toContain('SANDBOX_MODE=seccomp');
-    expect(Object.keys(startup!.capabilities).sort()).toEqual(['cgroups', 'landlock', 'nsjail', 'running_as_root', 'seccomp', 'warm_pool']);
+    expect(Object.keys(startup!.capabilities).sort()).toEqual(['cgroups', 'landlock', 'nsjail', 'running_as_root', 'seccomp', 'uid_range', 'warm_pool', 'work_dir']);
     expect(startup!.limits.scriptTimeoutMs).toBe(10000);
   });
 

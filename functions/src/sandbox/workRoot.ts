@@ -1,9 +1,18 @@
 /**
- * The work root (SANDBOX_WORK_ROOT) holds what a service instance creates at run time: the staged
- * sandbox files (sandbox-<pid>), the warm path's socket directory (warm-<pid>) and each run's
- * private directory (run-<pid>-<slot>-<random>). Every name carries the creating service's pid,
- * so one rule cleans up all of it: an instance removes its own entries when it exits, and at
- * start-up the entries of instances that are gone (killed without a chance to clean up).
+ * The work root (SANDBOX_WORK_ROOT) holds what service instances create at run time. Instances on
+ * one host may share it (the default is the same path for all), so each works in a directory of
+ * its own, made with mkdtemp: instance-<random>/ holds everything the instance makes (files.ts:
+ * the staged sandbox files in sandbox/, and below them what its backends make for runs).
+ *
+ * Whether an instance is alive is never told by its pid: pids repeat in every pid namespace (each
+ * container's first process is pid 1) and after every restart. Each work directory holds a lock
+ * file, locked by its instance for as long as it lives (locks.ts: released by the kernel when the
+ * instance dies, even by SIGKILL). One rule cleans up: an instance removes its own directory when
+ * it exits, and at start-up every directory whose lock no live process holds (its instance was
+ * killed without a chance to clean up). A directory is only ever named instance-* once its lock
+ * is held: it is made as .starting-<random>, locked, then renamed, so a scan never sees a live
+ * instance's directory unlocked. Entries of the layout before instance directories
+ * (run|sandbox|warm-<pid>...) are still removed by the old rule (their pid is not alive here).
  *
  * Nothing a run leaves can stop that cleanup or the service: entries go through removeTree.ts
  * (descriptor-relative, any depth, never following a symlink, never leaving the filesystem), and
@@ -12,13 +21,25 @@
  * <original-name>-<timestamp>, for a person to look at. Neither start-up nor a run's answer
  * ever fails because of a leftover.
  */
-import { promises as fs, lstatSync, chmodSync, mkdirSync, readdirSync, renameSync } from 'fs';
+import { promises as fs, lstatSync, chmodSync, mkdirSync, readdirSync, readlinkSync, renameSync } from 'fs';
+import * as os from 'os';
 import * as path from 'path';
 import type { Logger } from '../logging';
+import { holdLock, isHeld, type HeldLock } from './locks';
 import { removeTree, removeTreeSync, type Removal } from './removeTree';
 
-const OWNED = /^(?:run|sandbox|warm)-(\d+)(?:-|$)/;
+/** The layout before instance directories: entries named by their instance's pid. */
+const LEGACY = /^(?:run|sandbox|warm)-(\d+)(?:-|$)/;
+const INSTANCE = /^instance-[A-Za-z0-9]+$/;
+const STARTING = /^\.starting-[A-Za-z0-9]+$/;
+/** The lock file in every instance's work directory. */
+export const LOCK_FILE = 'lock';
 export const QUARANTINE = 'quarantine';
+/**
+ * A .starting-* directory is locked within moments of being made; one older than this whose
+ * lock is free belongs to an instance that died starting.
+ */
+const STARTING_GRACE_MS = 5 * 60 * 1000;
 
 export interface Leftover {
   /** The entry's name in the work root. */
@@ -32,6 +53,8 @@ export interface Leftover {
 
 export interface WorkRootCleanup {
   workRoot: string;
+  /** Other instances' work directories left alone: their locks are held (they are alive). */
+  live: number;
   /** Stale entries removed. */
   removed: string[];
   /** Stale entries that could not be removed and were moved into the quarantine directory. */
@@ -46,30 +69,92 @@ export type Disposal = { outcome: 'removed' } | { outcome: 'quarantined'; leftov
 
 /** Set by prepareWorkRoot: where removeRunDir and the exit handler log what they quarantine. */
 let logger: Logger | undefined;
+/** This process's work directories, each with the work root it lies in (where its leftovers are quarantined). */
+const ownDirs = new Map<string, string>();
 
-export async function prepareWorkRoot(workRoot: string, log?: Logger): Promise<WorkRootCleanup> {
+/** An instance's own work directory in the work root, and the lock that says it lives. */
+export interface WorkDir {
+  workRoot: string;
+  dir: string;
+  lock: HeldLock;
+  /** What start-up found of other instances in the work root (already logged when a logger was given). */
+  cleanup: WorkRootCleanup;
+}
+
+/**
+ * Makes the work root (if needed), claims this instance's own work directory in it (removed when
+ * the process exits), and removes what dead instances left there.
+ */
+export async function prepareWorkRoot(workRoot: string, log?: Logger): Promise<WorkDir> {
   if (log) logger = log;
   await fs.mkdir(workRoot, { recursive: true, mode: 0o711 });
   // Run uids must pass through it to their directories and to the staged runner (an existing
   // 0700 directory would lock them out); only search permission is added, nothing is taken away.
   const { mode } = await fs.stat(workRoot);
   if ((mode & 0o011) !== 0o011) await fs.chmod(workRoot, (mode & 0o7777) | 0o011);
-  process.once('exit', () => {
-    // Passes until one finds nothing new: a run directory whose mkdtemp was still in the thread
-    // pool (the warm pool refilling at shutdown) can appear while the first pass removes others.
-    const seen = new Set<string>();
-    for (let pass = 0; pass < 5; pass++) {
-      const fresh = ownedEntries(workRoot, (pid) => pid === process.pid).filter((entry) => !seen.has(entry));
-      if (fresh.length === 0) break;
-      for (const entry of fresh) {
-        seen.add(entry);
-        disposeOfSync(workRoot, path.join(workRoot, entry), logger);
-      }
+  const { dir, lock } = await claimWorkDir(workRoot);
+  ownDirs.set(dir, workRoot);
+  if (ownDirs.size === 1) process.once('exit', removeOwnDirs);
+  lock.onLost = (reason) =>
+    report(logger, 'error', `work root: the lock of this instance's work directory ${dir} was lost (${reason}); another instance starting now would remove it`, {
+      event: 'work_dir_lock_lost',
+      work_dir: dir,
+    });
+  const cleanup = await removeStale(workRoot, dir, log);
+  return { workRoot, dir, lock, cleanup };
+}
+
+/**
+ * A new work directory for this instance, locked: made as .starting-<random>, its lock file
+ * locked, then renamed to instance-<random>. The lock follows the file through the rename.
+ */
+async function claimWorkDir(workRoot: string): Promise<{ dir: string; lock: HeldLock }> {
+  const starting = await fs.mkdtemp(path.join(workRoot, '.starting-'));
+  try {
+    const lockFile = path.join(starting, LOCK_FILE);
+    // Who holds it, for a person looking at the directory; nothing reads it.
+    const owner = { pid: process.pid, hostname: os.hostname(), started: new Date().toISOString(), pid_namespace: pidNamespace() };
+    await fs.writeFile(lockFile, `${JSON.stringify(owner)}\n`, { mode: 0o600 });
+    const lock = await holdLock(lockFile);
+    if (!lock) throw new Error(`the lock of a new work directory (${lockFile}) is held by another process`);
+    const suffix = path.basename(starting).slice('.starting-'.length);
+    for (let attempt = 0; ; attempt++) {
+      const dir = path.join(workRoot, `instance-${suffix}${attempt === 0 ? '' : attempt}`);
+      // rename would replace an empty directory of that name: only a free name is taken.
+      if (exists(dir)) continue;
+      await fs.rename(starting, dir);
+      await fs.chmod(dir, 0o711);
+      return { dir, lock };
     }
-  });
-  const cleanup: WorkRootCleanup = { workRoot, removed: [], quarantined: [], left: [], quarantineHolds: 0 };
-  for (const entry of ownedEntries(workRoot, (pid) => pid !== process.pid && !alive(pid))) {
-    const disposal = await disposeOf(workRoot, path.join(workRoot, entry), log);
+  } catch (error) {
+    await removeTree(starting);
+    throw error;
+  }
+}
+
+/** Removes (or quarantines) what dead instances left in the work root; never touches a live one's. */
+async function removeStale(workRoot: string, own: string, log?: Logger): Promise<WorkRootCleanup> {
+  const cleanup: WorkRootCleanup = { workRoot, live: 0, removed: [], quarantined: [], left: [], quarantineHolds: 0 };
+  let entries: string[];
+  try {
+    entries = readdirSync(workRoot);
+  } catch {
+    entries = [];
+  }
+  for (const entry of entries) {
+    const target = path.join(workRoot, entry);
+    if (target === own) continue;
+    let stale: boolean;
+    const legacy = LEGACY.exec(entry);
+    if (legacy) stale = !alive(Number(legacy[1]));
+    else if (INSTANCE.test(entry)) stale = (await isHeld(path.join(target, LOCK_FILE))) === false;
+    else if (STARTING.test(entry)) stale = olderThan(target, STARTING_GRACE_MS) && (await isHeld(path.join(target, LOCK_FILE))) !== true;
+    else continue;
+    if (!stale) {
+      if (INSTANCE.test(entry)) cleanup.live++;
+      continue;
+    }
+    const disposal = await disposeOf(workRoot, target, log);
     if (disposal.outcome === 'removed') cleanup.removed.push(entry);
     else if (disposal.outcome === 'quarantined') cleanup.quarantined.push(disposal.leftover);
     else cleanup.left.push(disposal.leftover);
@@ -80,10 +165,12 @@ export async function prepareWorkRoot(workRoot: string, log?: Logger): Promise<W
     // no quarantine directory
   }
   log?.info(
-    `work root ${workRoot}: ${cleanup.removed.length} stale entries removed, ${cleanup.quarantined.length} quarantined, ${cleanup.left.length} left in place; the quarantine holds ${cleanup.quarantineHolds}`,
+    `work root ${workRoot}: ${cleanup.removed.length} stale entries removed, ${cleanup.quarantined.length} quarantined, ${cleanup.left.length} left in place; ${cleanup.live} other live instances; the quarantine holds ${cleanup.quarantineHolds}`,
     {
       event: 'work_root_cleaned',
       work_root: workRoot,
+      work_dir: own,
+      live_instances: cleanup.live,
       removed: cleanup.removed.length,
       quarantined: cleanup.quarantined.length,
       left: cleanup.left.length,
@@ -94,9 +181,23 @@ export async function prepareWorkRoot(workRoot: string, log?: Logger): Promise<W
   return cleanup;
 }
 
-/** A run's private directory: fresh, 0700 (mkdtemp's mode), owned by the run's uid (when there is one). */
-export async function makeRunDir(workRoot: string, slot: number, uid: number | undefined): Promise<string> {
-  const dir = await fs.mkdtemp(path.join(workRoot, `run-${process.pid}-${slot}-`));
+/**
+ * At exit: this process's work directories go, whole (or into quarantine). Passes until nothing
+ * is left: a run directory whose mkdtemp was still in the thread pool (the warm pool refilling
+ * at shutdown) can appear while the first pass removes the rest.
+ */
+function removeOwnDirs(): void {
+  for (const [dir, workRoot] of ownDirs) {
+    for (let pass = 0; pass < 5 && exists(dir); pass++) disposeOfSync(workRoot, dir, logger);
+  }
+}
+
+/**
+ * A run's private directory in this instance's work directory (workDir): fresh, 0700 (mkdtemp's
+ * mode), owned by the run's uid (when there is one).
+ */
+export async function makeRunDir(workDir: string, slot: number, uid: number | undefined): Promise<string> {
+  const dir = await fs.mkdtemp(path.join(workDir, `run-${slot}-`));
   if (uid !== undefined) await fs.chown(dir, uid, uid);
   return dir;
 }
@@ -106,10 +207,28 @@ export async function makeRunDir(workRoot: string, slot: number, uid: number | u
  * when even that fails. Never throws: a run's leftovers never turn its answer into an error.
  */
 export async function removeRunDir(dir: string): Promise<void> {
+  const parent = path.dirname(dir);
   try {
-    await disposeOf(path.dirname(dir), dir, logger);
+    // Quarantined into the work root's quarantine, never into the instance's own directory (which goes at exit).
+    await disposeOf(ownDirs.get(parent) ?? parent, dir, logger);
   } catch (error) {
     report(logger, 'error', `removing run directory ${dir} failed unexpectedly: ${(error as Error).message}`, { event: 'work_root_leftover', entry: path.basename(dir) });
+  }
+}
+
+/**
+ * What stops the work root's file system from taking more, or undefined: no block left for the
+ * runs (they write as unprivileged uids: blocks reserved for root do not count) or no inode left.
+ * Never throws.
+ */
+export async function workRootFull(workRoot: string): Promise<string | undefined> {
+  try {
+    const stat = await fs.statfs(workRoot);
+    const lacking = [stat.bavail === 0 ? 'no free space' : '', stat.ffree === 0 ? 'no free inodes' : ''].filter(Boolean);
+    if (lacking.length === 0) return undefined;
+    return `SANDBOX_WORK_ROOT's file system (${workRoot}) is full (${lacking.join(', ')}); runs that need room there fail until space is freed`;
+  } catch {
+    return undefined;
   }
 }
 
@@ -183,19 +302,6 @@ function report(log: Logger | undefined, severity: 'warn' | 'error', message: st
   else process.stderr.write(`${message}\n`);
 }
 
-function ownedEntries(workRoot: string, stale: (pid: number) => boolean): string[] {
-  let entries: string[];
-  try {
-    entries = readdirSync(workRoot);
-  } catch {
-    return [];
-  }
-  return entries.filter((entry) => {
-    const owner = OWNED.exec(entry);
-    return owner !== null && stale(Number(owner[1]));
-  });
-}
-
 function exists(target: string): boolean {
   try {
     lstatSync(target);
@@ -211,5 +317,21 @@ function alive(pid: number): boolean {
     return true;
   } catch (error) {
     return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+function olderThan(target: string, ms: number): boolean {
+  try {
+    return Date.now() - lstatSync(target).mtimeMs > ms;
+  } catch {
+    return false;
+  }
+}
+
+function pidNamespace(): string | undefined {
+  try {
+    return readlinkSync('/proc/self/ns/pid');
+  } catch {
+    return undefined;
   }
 }
