@@ -18,9 +18,7 @@ const QUICK = process.argv.includes('--quick');
 const WORKLOADS = {
   hello: 'def main():\n    return "hello"\n',
   numpy: 'import numpy as np\ndef main():\n    a = np.arange(100000, dtype=np.float64)\n    return float(np.sqrt(a).sum())\n',
-  pandas:
-    'import pandas as pd\ndef main():\n    df = pd.DataFrame({"k": [i % 10 for i in range(10000)], "v": range(10000)})\n' +
-    '    return df.groupby("k")["v"].sum().to_dict()\n',
+  pandas: 'import pandas as pd\ndef main():\n    df = pd.DataFrame({"k": [i % 10 for i in range(10000)], "v": range(10000)})\n' + '    return df.groupby("k")["v"].sum().to_dict()\n',
   cpu_100ms: 'import time\ndef main():\n    end = time.process_time() + 0.1\n    n = 0\n    while time.process_time() < end:\n        n += 1\n    return n > 0\n',
   print_1mib: 'import sys\ndef main():\n    sys.stdout.write("x" * 1048575 + "\\n")\n    return 1\n',
 };
@@ -31,7 +29,10 @@ function memorySampler(pid) {
   let sandboxPeak = 0;
   const timer = setInterval(() => {
     servicePeak = Math.max(servicePeak, rssKb(pid));
-    sandboxPeak = Math.max(sandboxPeak, descendants(pid).reduce((sum, p) => sum + rssKb(p), 0));
+    sandboxPeak = Math.max(
+      sandboxPeak,
+      descendants(pid).reduce((sum, p) => sum + rssKb(p), 0),
+    );
   }, 50);
   return { stop: () => (clearInterval(timer), { service_peak_mib: round(servicePeak / 1024), sandbox_peak_mib: round(sandboxPeak / 1024) }) };
 }
@@ -79,7 +80,9 @@ function markdown(report) {
     '|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
   ];
   for (const r of report.rows) {
-    lines.push(`| ${r.mode} | ${r.path} | ${r.workload} | ${r.concurrency} | ${r.requests} | ${r.p50_ms} | ${r.p95_ms} | ${r.p99_ms} | ${r.throughput_rps} | ${r.errors} | ${r.service_peak_mib} | ${r.sandbox_peak_mib} |`);
+    lines.push(
+      `| ${r.mode} | ${r.path} | ${r.workload} | ${r.concurrency} | ${r.requests} | ${r.p50_ms} | ${r.p95_ms} | ${r.p99_ms} | ${r.throughput_rps} | ${r.errors} | ${r.service_peak_mib} | ${r.sandbox_peak_mib} |`,
+    );
   }
   if (report.ratios.length) {
     lines.push('', '| mode | workload | concurrency | warm/cold p50 speed-up | warm/cold throughput |', '|---|---|---:|---:|---:|');
@@ -185,7 +188,14 @@ async function main() {
   report.rows.sort((a, b) => variantOrder(a) - variantOrder(b) || Object.keys(WORKLOADS).indexOf(a.workload) - Object.keys(WORKLOADS).indexOf(b.workload) || a.concurrency - b.concurrency);
   for (const warm of report.rows.filter((r) => r.path === 'warm')) {
     const cold = report.rows.find((r) => r.path === 'cold' && r.mode === warm.mode && r.workload === warm.workload && r.concurrency === warm.concurrency);
-    if (cold) report.ratios.push({ mode: warm.mode, workload: warm.workload, concurrency: warm.concurrency, p50_speedup: round(cold.p50_ms / warm.p50_ms), throughput_ratio: round(warm.throughput_rps / cold.throughput_rps) });
+    if (cold)
+      report.ratios.push({
+        mode: warm.mode,
+        workload: warm.workload,
+        concurrency: warm.concurrency,
+        p50_speedup: round(cold.p50_ms / warm.p50_ms),
+        throughput_ratio: round(warm.throughput_rps / cold.throughput_rps),
+      });
   }
   fs.mkdirSync(RESULTS, { recursive: true });
   fs.writeFileSync(path.join(RESULTS, 'results.json'), JSON.stringify(report, null, 2) + '\n');

@@ -19,6 +19,7 @@ export class Lifecycle {
   private readonly runs = new Set<AbortController>();
   private readonly idleWaiters: Array<() => void> = [];
   private stopping = false;
+  private readonly stoppers: Array<() => Promise<void>> = [];
   private signalsTaken = false;
 
   constructor(
@@ -56,6 +57,11 @@ export class Lifecycle {
     });
   }
 
+  /** Runs once the runs are over, before the process exits (e.g. closing the sandbox). */
+  onStop(stop: () => Promise<void>): void {
+    this.stoppers.push(stop);
+  }
+
   async shutdown(signal: string): Promise<void> {
     if (this.stopping) return;
     this.stopping = true;
@@ -68,6 +74,9 @@ export class Lifecycle {
       for (const run of this.runs) run.abort('shutdown');
       await this.waitIdle(ANSWER_AFTER_KILL_MS);
     }
+    // What outlives runs (the warm pool's zygote, waiting children and their cgroups) is ended
+    // while the process can still clean up after it.
+    await Promise.all(this.stoppers.map((stop) => stop().catch(() => undefined)));
     this.logger.info('shutdown complete', { event: 'shutdown_complete', killed_runs: killed });
     this.exit(0);
   }

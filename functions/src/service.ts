@@ -79,7 +79,11 @@ export function createPythonExecHandler(options: PythonExecOptions = {}): Python
   const start = (): Promise<ProbeResult> => {
     if (ownsProcess) lifecycle.takeOverSignals();
     probed ??= findSandbox(config, logger, options).then(
-      (result) => logStartup(config, logger, result),
+      (result) => {
+        const { sandbox } = result;
+        if (sandbox?.close) lifecycle.onStop(() => sandbox.close!());
+        return logStartup(config, logger, result);
+      },
       (error: Error) => probeFailed(config, logger, error),
     );
     return probed;

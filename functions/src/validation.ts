@@ -27,11 +27,7 @@ const validateRequest: ValidateFunction<ExecuteRequest> = ajv.compile<ExecuteReq
  */
 export function parseExecuteRequest(body: unknown): ExecuteRequest {
   if (isPlainObject(body) && Object.prototype.hasOwnProperty.call(body, 'args') && nestsDeeperThan(body.args, ARGS_MAX_DEPTH)) {
-    throw new ApiError(
-      'invalid_request',
-      `"args" nests deeper than ${ARGS_MAX_DEPTH} levels (arrays and objects count; "args" itself is level 1)`,
-      { field: 'args' },
-    );
+    throw new ApiError('invalid_request', `"args" nests deeper than ${ARGS_MAX_DEPTH} levels (arrays and objects count; "args" itself is level 1)`, { field: 'args' });
   }
   if (validateRequest(body)) return body;
   throw new ApiError('invalid_request', describe(validateRequest.errors?.[0]), { field: fieldOf(validateRequest.errors?.[0]) });

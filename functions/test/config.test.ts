@@ -25,7 +25,9 @@ test('every variable config.ts reads is in SETTINGS', () => {
 
 test('.ci/run runs the lint, the type check, then exactly the test command README gives', () => {
   expect(readme).toContain('npm test       #');
-  const ci = readFileSync(path.join(REPO, '.ci/run'), 'utf8').split('\n').filter((l) => l && !l.startsWith('#') && !l.startsWith('set ') && !l.startsWith('cd '));
+  const ci = readFileSync(path.join(REPO, '.ci/run'), 'utf8')
+    .split('\n')
+    .filter((l) => l && !l.startsWith('#') && !l.startsWith('set ') && !l.startsWith('cd '));
   expect(ci).toEqual(['npm run lint', 'npm run typecheck', 'npm test']);
   const documented = [...readme.matchAll(/^(npm (?:test|run [a-z:]+)) +#/gm)].map((m) => m[1]);
   expect(documented).toEqual(expect.arrayContaining(ci));

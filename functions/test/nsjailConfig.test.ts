@@ -26,9 +26,7 @@ test('an unknown placeholder is an error, not a silent gap', () => {
 });
 
 test("a warm child mounts /tmp and /dev/shm with exactly a cold run's options", () => {
-  const coldTmpfs = new Map(
-    [...render('python.cfg').matchAll(/mount \{ dst: "([^"]+)" fstype: "tmpfs" rw: true options: "([^"]+)"([^}]*)\}/g)].map((m) => [m[1], { options: m[2], rest: m[3] }]),
-  );
+  const coldTmpfs = new Map([...render('python.cfg').matchAll(/mount \{ dst: "([^"]+)" fstype: "tmpfs" rw: true options: "([^"]+)"([^}]*)\}/g)].map((m) => [m[1], { options: m[2], rest: m[3] }]));
   const warm = warmChildMounts(config, 60007).filter((mount) => mount.fstype === 'tmpfs');
   expect(warm.map((mount) => mount.target).sort()).toEqual([...coldTmpfs.keys()].sort());
   for (const mount of warm) {

@@ -285,7 +285,7 @@ ready(); hold()
     }
   });
 
-  test('a named tmpfs file only root may write is a system file, not the run\'s; writable by others, it is', async () => {
+  test("a named tmpfs file only root may write is a system file, not the run's; writable by others, it is", async () => {
     const file = `/dev/shm/process-usage-system-${process.pid}-${Date.now()}`;
     writeFileSync(file, Buffer.alloc(32 * MiB, 5), { mode: 0o644 });
     const script = `
@@ -460,7 +460,7 @@ ready(); hold()
     });
   });
 
-  test('files that still have a name are the directory walk\'s, not counted here', async () => {
+  test("files that still have a name are the directory walk's, not counted here", async () => {
     const script = `
 f = open(os.path.join(sys.argv[1], 'named'), 'w+b')
 write_all(f.fileno(), 16 * MiB)
@@ -531,7 +531,13 @@ ready(); hold()
         const measure = (drop: string) => {
           const result = spawnSync(
             'setpriv',
-            ['--inh-caps=-all', `--bounding-set=${drop}`, process.execPath, '-e', `console.log(JSON.stringify(require(${JSON.stringify(path.join(work, 'processUsage.js'))}).measureProcesses([${python.pid}])))`],
+            [
+              '--inh-caps=-all',
+              `--bounding-set=${drop}`,
+              process.execPath,
+              '-e',
+              `console.log(JSON.stringify(require(${JSON.stringify(path.join(work, 'processUsage.js'))}).measureProcesses([${python.pid}])))`,
+            ],
             { encoding: 'utf8' },
           );
           expect(result.stderr).toBe('');

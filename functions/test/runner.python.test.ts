@@ -42,20 +42,20 @@ function schemaLimits(): Record<string, number> {
   return limits;
 }
 
-test('the runner\'s Python unit tests pass (python3 -m unittest discover -s sandbox-image/runner/tests)', () => {
+test("the runner's Python unit tests pass (python3 -m unittest discover -s sandbox-image/runner/tests)", () => {
   const result = python(['-m', 'unittest', 'discover', '-s', 'sandbox-image/runner/tests', '-t', 'sandbox-image/runner']);
   if (result.status !== 0) process.stderr.write(`\n*** the runner's Python unit tests failed (exit ${result.status}):\n${result.output}\n`);
   expect(result.output).toMatch(/\nOK/);
   expect(result.status).toBe(0);
 }, 180000);
 
-test('runner.MESSAGE_LIMITS is the maxLength of every string field of runnerMessageSchema\'s error', () => {
+test("runner.MESSAGE_LIMITS is the maxLength of every string field of runnerMessageSchema's error", () => {
   const limits = schemaLimits();
   expect(Object.keys(limits).sort()).toEqual(['exception', 'message', 'text', 'traceback']);
   expect(pythonJson('print(json.dumps(runner.MESSAGE_LIMITS))')).toEqual(limits);
 });
 
-test('runner.CHANNEL_ENVELOPE_BYTES is protocol.ts\'s', () => {
+test("runner.CHANNEL_ENVELOPE_BYTES is protocol.ts's", () => {
   expect(pythonJson('print(json.dumps(runner.CHANNEL_ENVELOPE_BYTES))')).toBe(CHANNEL_ENVELOPE_BYTES);
 });
 

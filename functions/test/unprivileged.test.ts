@@ -18,7 +18,7 @@ describe(`an unprivileged container (${pathUnderTest()} path)`, () => {
   });
 
   test('auto chooses seccomp mode and says why nsjail and cgroups are out', async () => {
-    const health = (await (await fetch(`${service.url}/healthz`)).json()) as any;
+    const health = (await (await fetch(`${service.url}/health`)).json()) as any;
     expect(health.status).toBe('ok');
     expect(health.sandbox.mode).toBe('seccomp');
     expect(health.sandbox.reason).toMatch(/^auto: nsjail not usable/);
@@ -29,7 +29,7 @@ describe(`an unprivileged container (${pathUnderTest()} path)`, () => {
   });
 
   test('a script runs and its result comes back', async () => {
-    const answer = await execute(service, py('import pandas as pd', 'def main():', "    return int(pd.Series([1, 2, 3]).sum())"));
+    const answer = await execute(service, py('import pandas as pd', 'def main():', '    return int(pd.Series([1, 2, 3]).sum())'));
     expect(answer.status).toBe(200);
     expect(answer.body.result).toBe(6);
   });

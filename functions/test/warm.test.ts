@@ -19,15 +19,14 @@ describeWarm('warm path in %s mode', (mode) => {
 
   async function waitingChildren(count: number): Promise<Array<{ slot: number; pid: number }>> {
     for (let i = 0; i < 100; i++) {
-      const health = (await request(`${service.url}/healthz`)).body;
+      const health = (await request(`${service.url}/health`)).body;
       if (health.warm_pool?.waiting === count) return health.warm_pool.children;
       await new Promise((r) => setTimeout(r, 50));
     }
     throw new Error('the pool did not refill');
   }
 
-  const parentOf = async (pid: number | string): Promise<number> =>
-    Number((await fs.readFile(`/proc/${pid}/stat`, 'utf8').catch(() => ') X 0')).split(') ')[1].split(' ')[1]);
+  const parentOf = async (pid: number | string): Promise<number> => Number((await fs.readFile(`/proc/${pid}/stat`, 'utf8').catch(() => ') X 0')).split(') ')[1].split(' ')[1]);
 
   /** The zygote: the zygote.py process whose parent is the service (seccomp) or its nsjail (nsjail). */
   async function zygotePids(): Promise<number[]> {
@@ -81,5 +80,47 @@ describeWarm('warm path in %s mode', (mode) => {
     expect(restarted).toBeGreaterThan(0);
     expect(restarted).not.toBe(zygote);
     expect(service.logEntries().some((entry) => entry.event === 'zygote_died')).toBe(true);
+  });
+});
+
+describeWarm('warm path in %s mode, at shutdown', (mode) => {
+  /** Cgroup directories of the service's instance: every one is named pyexec-<service pid>-... */
+  async function cgroupsOf(pid: number): Promise<string[]> {
+    const found: string[] = [];
+    const walk = async (dir: string, depth: number): Promise<void> => {
+      for (const entry of await fs.readdir(dir, { withFileTypes: true }).catch(() => [])) {
+        if (!entry.isDirectory()) continue;
+        if (entry.name.startsWith(`pyexec-${pid}-`)) found.push(`${dir}/${entry.name}`);
+        else if (depth > 0) await walk(`${dir}/${entry.name}`, depth - 1);
+      }
+    };
+    await walk('/sys/fs/cgroup', 4);
+    return found;
+  }
+
+  test('SIGTERM leaves none of the pool behind: no child, no cgroup', async () => {
+    const service = await startService({ MAX_CONCURRENT_RUNS: '2', WARM_POOL_SIZE: '2' }, mode);
+    const pid = service.process.pid!;
+    let health: any;
+    for (let i = 0; i < 100 && (health = (await request(`${service.url}/health`)).body).warm_pool?.waiting !== 2; i++) await new Promise((r) => setTimeout(r, 50));
+    const children: number[] = health.warm_pool.children.map((child: { pid: number }) => child.pid);
+    expect(children).toHaveLength(2);
+    if (health.sandbox.capabilities.cgroups.available) expect((await cgroupsOf(pid)).length).toBeGreaterThan(0);
+    expect(await service.stop('SIGTERM')).toBe(0);
+    expect(await cgroupsOf(pid)).toEqual([]);
+    // Killed before the service exited; reaped by whoever inherits them (the host's init here).
+    const gone = async () =>
+      (
+        await Promise.all(
+          children.map((child) =>
+            fs.access(`/proc/${child}`).then(
+              () => false,
+              () => true,
+            ),
+          ),
+        )
+      ).every(Boolean);
+    for (let i = 0; i < 40 && !(await gone()); i++) await new Promise((r) => setTimeout(r, 50));
+    expect(await gone()).toBe(true);
   });
 });

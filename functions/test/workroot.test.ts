@@ -5,7 +5,7 @@
  * cannot be removed (those are quarantined, never a reason to fail).
  */
 import { spawnSync } from 'child_process';
-import { existsSync, promises as fs, readFileSync } from 'fs';
+import { existsSync, promises as fs, readdirSync, readFileSync } from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { removeTree } from '../src/sandbox/removeTree';
@@ -20,15 +20,9 @@ const isRoot = process.getuid?.() === 0;
  * bottom: Python lines run at the bottom (the current directory).
  */
 function makeDeepTree(dir: string, depth: number, bottom = ''): void {
-  const code = [
-    'import os, sys',
-    'os.chdir(sys.argv[1])',
-    'for _ in range(int(sys.argv[2])):',
-    '    os.mkdir("d")',
-    '    os.chdir("d")',
-    'open("bottom.txt", "w").write("x" * 4096)',
-    bottom,
-  ].join('\n');
+  const code = ['import os, sys', 'os.chdir(sys.argv[1])', 'for _ in range(int(sys.argv[2])):', '    os.mkdir("d")', '    os.chdir("d")', 'open("bottom.txt", "w").write("x" * 4096)', bottom].join(
+    '\n',
+  );
   const made = spawnSync('python3', ['-c', code, dir, String(depth)], { encoding: 'utf8' });
   if (made.status !== 0) throw new Error(`making the deep tree failed: ${made.stderr}`);
 }
@@ -95,7 +89,10 @@ test("the work root keeps nothing of an instance: its own entries go at exit, a 
     await fs.mkdir(unrelated);
     const service = await startService({ SANDBOX_WORK_ROOT: workRoot }, 'seccomp');
     expect(existsSync(stale)).toBe(false);
-    expect((await fs.readdir(workRoot)).some((entry) => entry.startsWith(`sandbox-${service.process.pid}`))).toBe(true);
+    // Its own work directory (instance-<random>, sandbox/instance.ts) holds the staged runner.
+    const own = (await fs.readdir(workRoot)).filter((entry) => entry.startsWith('instance-'));
+    expect(own).toHaveLength(1);
+    expect(existsSync(path.join(workRoot, own[0], 'sandbox', 'runner', 'runner.py'))).toBe(true);
     await execute(service, py('def main():', '    return 1'));
     expect(await service.stop('SIGTERM')).toBe(0);
     expect(await fs.readdir(workRoot)).toEqual(['keep-me']);
@@ -119,7 +116,11 @@ describe('the remover (removeTree)', () => {
       const tree = path.join(base, 'run-tree');
       await fs.mkdir(tree);
       // At the bottom: a symlink to the outside directory, a 000 directory holding a 000 file.
-      makeDeepTree(tree, 5000, [`os.symlink(${JSON.stringify(outside)}, "out")`, 'os.mkdir("closed")', 'open("closed/f", "w").write("x")', 'os.chmod("closed/f", 0)', 'os.chmod("closed", 0)'].join('\n'));
+      makeDeepTree(
+        tree,
+        5000,
+        [`os.symlink(${JSON.stringify(outside)}, "out")`, 'os.mkdir("closed")', 'open("closed/f", "w").write("x")', 'os.chmod("closed/f", 0)', 'os.chmod("closed", 0)'].join('\n'),
+      );
       await fs.symlink(outside, path.join(tree, 'out-dir'));
       await fs.symlink(path.join(outside, 'precious'), path.join(tree, 'out-file'));
       await fs.mkdir(path.join(tree, 'closed'));
@@ -285,8 +286,7 @@ describe('start-up and runs against what was left', () => {
       if (unremovable) {
         undo = unremovable.undo;
         process.stderr.write(`start-up test: the unremovable entry holds: ${unremovable.kind}\n`);
-      }
-      else process.stderr.write('\n*** The start-up test runs without its unremovable entry: not root, or neither chattr +i nor a tmpfs mount works here. ***\n\n');
+      } else process.stderr.write('\n*** The start-up test runs without its unremovable entry: not root, or neither chattr +i nor a tmpfs mount works here. ***\n\n');
       const staged = path.join(workRoot, 'sandbox-99999997');
       await fs.mkdir(path.join(staged, 'runner'), { recursive: true });
       await fs.writeFile(path.join(staged, 'runner', 'runner.py'), '# stale\n');
@@ -361,13 +361,17 @@ describe('start-up and runs against what was left', () => {
         );
         expect(answer.status).toBe(200);
         expect(answer.body.result.depth).toBe(3000);
-        const runDir: string = answer.body.result.dir;
-        expect(path.dirname(runDir)).toBe(workRoot);
-        expect(existsSync(runDir)).toBe(false);
-        // The cold path makes a run's directory per run; the warm path keeps one ready for each
-        // pre-forked child, so there only the run's own directory must be gone.
-        const pid = service.process.pid;
-        if (runPath === 'cold') expect((await fs.readdir(workRoot)).filter((entry) => entry.startsWith(`run-${pid}-`))).toEqual([]);
+        // The run's directory is /tmp in its slot's own root (seccomp/slots.ts), emptied after the
+        // run: every slot's /tmp under the instance's directory is empty again.
+        expect(answer.body.result.dir).toBe('/tmp');
+        const slotTmps = (await fs.readdir(workRoot))
+          .filter((entry) => entry.startsWith('instance-'))
+          .flatMap((instance) => {
+            const slots = path.join(workRoot, instance, 'sandbox', 'root', 'slots');
+            return existsSync(slots) ? readdirSync(slots).map((slot) => path.join(slots, slot, 'tmp')) : [];
+          });
+        expect(slotTmps.length).toBeGreaterThan(0);
+        for (const tmp of slotTmps) expect([tmp, readdirSync(tmp)]).toEqual([tmp, []]);
         expect(existsSync(path.join(workRoot, 'quarantine'))).toBe(false);
         // The next run of the same slot is unaffected.
         const next = await execute(service, py('def main():', '    return 2'));

@@ -1,11 +1,16 @@
 """Starts one cold run on the host: the service's own code, run as the service's user (root), never
 inside a sandbox and never given a script.
 
-    python3 -I -S launcher.py --status-fd N [--uid U] [--join FILE]... -- ARGV...
+    python3 -I -S launcher.py --status-fd N [--uid U] [--join FILE]... [--chroot DIR --chdir DIR] -- ARGV...
 
-It forks the run's process (the runner, or nsjail), which before anything else
+It runs on the host's /usr/bin/python3 with the standard library only (-I -S): never the
+sandbox's interpreter, which lives in the sandbox's root. It forks the run's process (the runner,
+or nsjail), which before anything else
   - joins the run's cgroup: writes its own pid to each FILE (cgroup.procs of each controller), so
     every process the run ever starts is inside the cgroup and limited and killed with it;
+  - with --chroot (seccomp mode), chroots into DIR, the run slot's own copy of the sandbox's root,
+    and changes to --chdir (a path inside it), while still root: from then on ARGV and everything
+    it opens are inside that root. (nsjail is never chrooted: it could not make its namespaces.)
   - with --uid, drops every group and takes uid and gid U (the run slot's own);
 then execs ARGV with the descriptors below N (stdin, stdout, stderr, the result channel, ...).
 
@@ -40,7 +45,7 @@ def signal_name(number):
 
 
 def parse(argv):
-    status_fd, uid, join = None, None, []
+    status_fd, uid, join, root, workdir = None, None, [], None, "/"
     i = 0
     while argv[i] != "--":
         flag, value = argv[i], argv[i + 1]
@@ -50,22 +55,29 @@ def parse(argv):
             uid = int(value)
         elif flag == "--join":
             join.append(value)
+        elif flag == "--chroot":
+            root = value
+        elif flag == "--chdir":
+            workdir = value
         else:
             raise SystemExit(f"launcher: unknown flag {flag}")
         i += 2
     command = argv[i + 1 :]
     if status_fd is None or not command:
-        raise SystemExit("launcher: usage: --status-fd N [--uid U] [--join FILE]... -- ARGV...")
-    return status_fd, uid, join, command
+        raise SystemExit("launcher: usage: --status-fd N [--uid U] [--join FILE]... [--chroot DIR --chdir DIR] -- ARGV...")
+    return status_fd, uid, join, root, workdir, command
 
 
-def child(status_fd, uid, join, command, libc):
+def child(status_fd, uid, join, root, workdir, command, libc):
     try:
         os.close(status_fd)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         for procs in join:
             with open(procs, "w") as handle:
                 handle.write(f"{os.getpid()}\n")
+        if root is not None:
+            os.chroot(root)
+            os.chdir(workdir)
         if uid is not None:
             os.setgroups([])
             os.setgid(uid)
@@ -81,13 +93,13 @@ def child(status_fd, uid, join, command, libc):
 
 
 def main():
-    status_fd, uid, join, command = parse(sys.argv[1:])
+    status_fd, uid, join, root, workdir, command = parse(sys.argv[1:])
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # the service died: so do we
     pid = os.fork()
     if pid == 0:
-        child(status_fd, uid, join, command, libc)
+        child(status_fd, uid, join, root, workdir, command, libc)
     # Hold none of the run's pipes: the service sees end-of-file when the run's processes close them.
     null = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):

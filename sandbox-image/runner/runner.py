@@ -247,7 +247,13 @@ def read_all(fd):
 
 
 def stdin_from_devnull():
-    null = os.open(os.devnull, os.O_RDONLY)
+    """stdin reads end-of-file: /dev/null, or an empty pipe where the sandbox's root has no device
+    nodes (seccomp mode without CAP_MKNOD)."""
+    try:
+        null = os.open(os.devnull, os.O_RDONLY)
+    except OSError:
+        null, write_end = os.pipe()
+        os.close(write_end)
     os.dup2(null, 0)
     os.close(null)
 

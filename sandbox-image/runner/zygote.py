@@ -3,12 +3,14 @@ forks one child per run ahead of demand. It never runs user code and never sees 
 
 Started by the service with the sandbox's environment allow-list, as
     python3 -I -B -u zygote.py <channel-socket-path> <seccomp-policy-path> <memory-mb>
-seccomp mode: as root on the host. nsjail mode: as root of zygote.cfg's jail (a user namespace),
-with only the capabilities forking jailed children takes.
+Always on the sandbox root's interpreter. seccomp mode: as root, chrooted into its own copy of the
+sandbox's root (the service's seccomp/slots.ts); each child chroots on into its run slot's root
+("root" in its command) before it takes the run's uid. nsjail mode: as root of zygote.cfg's jail
+(a user namespace), with only the capabilities forking jailed children takes.
 
 Control protocol, one JSON object per line:
   stdin  (service -> zygote)  {"op": "prefork", "token", "uid", "workdir", "environment", "limits",
-                               "confine", "namespaces"?: {"mounts": [...]}}
+                               "confine", "root"?: "/slots/<n>", "namespaces"?: {"mounts": [...]}}
   stdout (zygote -> service)  {"event": "started", "pid"}          once, when preloading is done
                               {"event": "exit", "token", "code", "signal"}
 Each child, while still privileged, connects three times to the service's Unix socket (a
@@ -60,11 +62,42 @@ def preload():
 
 
 def vm_size_bytes():
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmSize:"):
-                return int(line.split()[1]) * 1024
-    return 0
+    """The address space this process maps (what RLIMIT_AS counts): /proc/self/status's VmSize,
+    or where there is no /proc (seccomp mode's root has none) what is left under RLIMIT_AS,
+    measured by reserving it: RLIMIT_AS minus the largest reservation the kernel grants."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmSize:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return _address_space_by_reservation()
+
+
+def _address_space_by_reservation():
+    import ctypes
+    import resource
+
+    limit, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if limit == resource.RLIM_INFINITY:
+        return 0
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    prot_none, map_private_anonymous_noreserve = 0, 0x02 | 0x20 | 0x4000
+    page = 1 << 16  # 64 KiB: precise enough for a limit in megabytes
+    low, high = 0, limit // page  # the largest reservable number of pages lies in [low, high]
+    while low < high:
+        middle = (low + high + 1) // 2
+        address = libc.mmap(None, middle * page, prot_none, map_private_anonymous_noreserve, -1, 0)
+        if address is not None and address != ctypes.c_void_p(-1).value:
+            libc.munmap(address, middle * page)
+            low = middle
+        else:
+            high = middle - 1
+    return max(0, limit - low * page)
 
 
 def emit(event):
@@ -93,6 +126,12 @@ def child(command, channel_path, compiled, preload_bytes):
         result_fd = runner.take_channel_fd(res)
         if command.get("namespaces"):
             namespaces.enter_fresh_namespaces(command["namespaces"])
+        if command.get("root"):
+            # seccomp mode: into the run slot's own root (below the zygote's), while still root.
+            # Nothing of the zygote's root stays reachable: the working directory moves with it,
+            # and take_channel_fd closed every descriptor but the run's streams.
+            os.chroot(command["root"])
+            os.chdir("/")
 
         os.setgroups([])
         os.setgid(uid)

@@ -19,7 +19,7 @@ export interface BackendHost {
 }
 
 export interface BackendTrial {
-  /** /healthz's findings: the backend's own under its mode, and any it adds (seccomp: landlock). */
+  /** /health's findings: the backend's own under its mode, and any it adds (seccomp: landlock). */
   findings: Record<string, Finding>;
   /** Its cold path, when the trial run succeeded. */
   cold?: Sandbox;
@@ -29,7 +29,7 @@ export interface BackendTrial {
 
 export interface Backend<Mode extends string = string> {
   readonly mode: Mode;
-  /** Its findings before its trial (NOT_TRIED), with their shape: /healthz shows every backend's, tried or not. */
+  /** Its findings before its trial (NOT_TRIED), with their shape: /health shows every backend's, tried or not. */
   readonly notTried: Record<string, Finding>;
   /** Tried even when SANDBOX_MODE names another backend: its findings describe the host. */
   readonly alwaysTried: boolean;

@@ -18,7 +18,10 @@ export class CappedCapture {
   private total = 0;
   readonly done: Promise<void>;
 
-  constructor(stream: Readable, private readonly maxBytes: number) {
+  constructor(
+    stream: Readable,
+    private readonly maxBytes: number,
+  ) {
     this.done = new Promise((resolve) => {
       stream.on('data', (chunk: Buffer) => this.push(chunk));
       stream.on('close', resolve);

@@ -58,6 +58,7 @@ export class LimitedSandbox implements Sandbox {
   readonly mode: SandboxPath['mode'];
   readonly path: SandboxPath['path'];
   readonly waiting?: () => Array<{ slot: number; pid: number }>;
+  readonly close?: () => Promise<void>;
 
   constructor(
     private readonly inner: SandboxPath,
@@ -66,6 +67,7 @@ export class LimitedSandbox implements Sandbox {
     this.mode = inner.mode;
     this.path = inner.path;
     if (inner.waiting) this.waiting = inner.waiting.bind(inner);
+    if (inner.close) this.close = inner.close.bind(inner);
   }
 
   run(order: RunOrder): Promise<RunReport> {

@@ -9,12 +9,14 @@ import type { Config } from '../config';
 import type { Logger } from '../logging';
 import { BACKENDS, type BackendTrial, type SandboxMode } from './backends';
 import { probeCgroups, RunCgroups } from './cgroup/cgroups';
-import { stageSandboxFiles, type SandboxFiles } from './files';
+import { sandboxRootProblem, stageSandboxFiles, type SandboxFiles } from './files';
+import { claimUidRange, uidRangeFinding } from './instance';
 import { LimitedSandbox } from './limits';
 import { trialRun } from './trial';
-import { NOT_TRIED, type Finding, type Sandbox } from './types';
+import { failedRun, NOT_TRIED, type Finding, type RunOrder, type RunReport, type Sandbox } from './types';
 import type { WarmBoundary } from './warm/boundary';
 import { WarmSandbox } from './warm/warmSandbox';
+import { workRootFull } from './workRoot';
 
 export interface ProbeReport {
   mode: SandboxMode | null;
@@ -27,6 +29,10 @@ export interface ProbeReport {
     running_as_root: Finding;
     cgroups: Finding & { version: 'v1' | 'v2' | null; controllers: string[] };
     warm_pool: Finding;
+    /** This instance's own directory in the work root (workRoot.ts). */
+    work_dir: Finding & { path: string | null };
+    /** The uids this instance's runs execute as, claimed host-wide (instance.ts). */
+    uid_range: Finding & { base: number | null; first: number | null; last: number | null };
     [backend: string]: Finding;
   };
 }
@@ -42,10 +48,22 @@ export interface ProbeResult {
  */
 export function allCapabilities(finding: Finding): ProbeReport['capabilities'] {
   const backends = BACKENDS.flatMap((backend) => Object.entries(backend.notTried).map(([key, shape]): [string, Finding] => [key, { ...shape, ...finding }]));
-  return { running_as_root: finding, ...Object.fromEntries(backends), cgroups: { ...finding, version: null, controllers: [] }, warm_pool: finding };
+  return {
+    running_as_root: finding,
+    ...Object.fromEntries(backends),
+    cgroups: { ...finding, version: null, controllers: [] },
+    warm_pool: finding,
+    work_dir: { ...finding, path: null },
+    uid_range: { ...finding, base: null, first: null, last: null },
+  };
 }
 
-export async function probe(config: Config, logger?: Logger): Promise<ProbeResult> {
+export async function probe(configured: Config, logger?: Logger): Promise<ProbeResult> {
+  // The uids this instance's runs execute as, claimed host-wide before anything runs (instance.ts):
+  // with the default SANDBOX_UID_BASE, possibly another range than the configured one. Claimed
+  // first, so that what a dead instance's runs left running is gone before the work root is cleaned.
+  const uids = await claimUidRange(configured, logger);
+  const config: Config = uids.ok ? { ...configured, sandboxUidBase: uids.range.base } : configured;
   const root = process.getuid?.() === 0;
   const capabilities: ProbeReport['capabilities'] = {
     ...allCapabilities(NOT_TRIED),
@@ -54,9 +72,20 @@ export async function probe(config: Config, logger?: Logger): Promise<ProbeResul
       detail: root ? 'each run slot gets its own unprivileged uid' : 'not root: runs share the service uid (no per-run uid, weaker kill and file isolation)',
     },
     warm_pool: config.warmPool ? NOT_TRIED : { available: false, detail: 'WARM_POOL=off' },
+    uid_range: uidRangeFinding(uids, configured) as ProbeReport['capabilities']['uid_range'],
   };
 
   const files = await stageSandboxFiles(config, logger);
+  const others = files.workRootCleanup?.live ?? 0;
+  capabilities.work_dir = {
+    available: true,
+    detail: `this instance's own directory in SANDBOX_WORK_ROOT, locked while it lives (${others} other live instance${others === 1 ? '' : 's'} in the work root at start-up)`,
+    path: files.workDir,
+  };
+  if (!uids.ok) return refuse(config, capabilities, uids.reason);
+  // Every mode and path runs Python only inside the sandbox's root: without it, no sandbox.
+  const noRoot = await sandboxRootProblem(config);
+  if (noRoot) return refuse(config, capabilities, noRoot);
   // Every cgroup of this instance is named with a tag of its own: pids repeat across containers.
   const instanceTag = `${process.pid}-${randomBytes(3).toString('hex')}`;
   const cgroupProbe = await probeCgroups(config.sandboxCgroups, instanceTag);
@@ -86,7 +115,50 @@ export async function probe(config: Config, logger?: Logger): Promise<ProbeResul
     capabilities.warm_pool = warm.finding;
     if (warm.sandbox) sandbox = warm.sandbox;
   }
+  if (sandbox) sandbox = new WorkRootAware(sandbox, config.workRoot);
   return { report: { mode: chosen.mode, path: sandbox?.path ?? null, reason: chosen.reason, requested: config.sandboxMode, capabilities }, sandbox };
+}
+
+const SPACE_ERROR = /ENOSPC|EDQUOT|No space left|Disk quota exceeded|No space/;
+
+/**
+ * The chosen sandbox, telling a run that could not be set up because the work root's file system
+ * is full apart from any other failure: the answer (503 sandbox_unavailable) says so, whichever
+ * step of which backend hit it, and a step that threw ENOSPC is answered so too (not as an
+ * internal error). Runs need nothing more: each sets its own place up again once space returns.
+ */
+class WorkRootAware implements Sandbox {
+  readonly mode: Sandbox['mode'];
+  readonly path: Sandbox['path'];
+  readonly waiting?: () => Array<{ slot: number; pid: number }>;
+  readonly close?: () => Promise<void>;
+
+  constructor(
+    private readonly inner: Sandbox,
+    private readonly workRoot: string,
+  ) {
+    this.mode = inner.mode;
+    this.path = inner.path;
+    if (inner.waiting) this.waiting = inner.waiting.bind(inner);
+    if (inner.close) this.close = inner.close.bind(inner);
+  }
+
+  async run(order: RunOrder): Promise<RunReport> {
+    let report: RunReport;
+    try {
+      report = await this.inner.run(order);
+    } catch (error) {
+      const full = await workRootFull(this.workRoot);
+      const message = (error as Error).message ?? String(error);
+      if (!full && !SPACE_ERROR.test(message)) throw error;
+      return failedRun(this.mode, `the run could not be set up: ${message}${full ? `; ${full}` : ''}`);
+    }
+    if (report.sandboxFailure) {
+      const full = await workRootFull(this.workRoot);
+      if (full) return { ...report, sandboxFailure: `${report.sandboxFailure}; ${full}` };
+    }
+    return report;
+  }
 }
 
 /** The backend SANDBOX_MODE names, or under `auto` the first whose trial ran. */
@@ -108,13 +180,7 @@ function choose(requested: Config['sandboxMode'], trials: Map<SandboxMode, Backe
 }
 
 /** Starts the zygote and sends one trial run through a warm child; any failure keeps the cold path. */
-async function tryWarmPool(
-  config: Config,
-  files: SandboxFiles,
-  boundary: WarmBoundary,
-  cgroups: RunCgroups | undefined,
-  logger?: Logger,
-): Promise<{ finding: Finding; sandbox?: Sandbox }> {
+async function tryWarmPool(config: Config, files: SandboxFiles, boundary: WarmBoundary, cgroups: RunCgroups | undefined, logger?: Logger): Promise<{ finding: Finding; sandbox?: Sandbox }> {
   const warm = new WarmSandbox(config, files, boundary, cgroups, logger);
   const sandbox = new LimitedSandbox(warm, config);
   try {

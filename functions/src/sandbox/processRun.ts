@@ -65,8 +65,15 @@ export function statusFdOf(extraReadFds: number): number {
  * run's cgroup and, with a uid, as the run's uid, reaps what the run leaves behind, and reports
  * the command's exit on statusFd.
  */
-export function launcherArgv(python: string, runnerDir: string, run: { statusFd: number; uid?: number; join: string[] }, command: string[]): string[] {
-  const flags = ['--status-fd', String(run.statusFd), ...(run.uid === undefined ? [] : ['--uid', String(run.uid)]), ...run.join.flatMap((file) => ['--join', file])];
+export function launcherArgv(python: string, runnerDir: string, run: { statusFd: number; uid?: number; join: string[]; chroot?: string; chdir?: string }, command: string[]): string[] {
+  const flags = [
+    '--status-fd',
+    String(run.statusFd),
+    ...(run.uid === undefined ? [] : ['--uid', String(run.uid)]),
+    ...run.join.flatMap((file) => ['--join', file]),
+    // seccomp mode: the slot's root, entered (and the directory changed) before the uid is taken.
+    ...(run.chroot === undefined ? [] : ['--chroot', run.chroot, '--chdir', run.chdir ?? '/']),
+  ];
   // -S: no site module, so nothing of the host's site-packages is imported by the service's own helper.
   return [python, '-I', '-S', '-B', `${runnerDir}/launcher.py`, ...flags, '--', ...command];
 }

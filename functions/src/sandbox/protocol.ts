@@ -48,26 +48,34 @@ export function sandboxEnvironment(workdir: string): Record<string, string> {
 
 /* ---------------------------------------------------------------- the job */
 
-/** Where the runner finds its files and may write, as it sees them: host paths (seccomp/host.ts) or paths inside a jail (nsjail/jail.ts). */
+/** Where the runner finds its files and may write, as it sees them: paths inside its slot's root (seccomp/host.ts) or inside a jail (nsjail/jail.ts). */
 export interface RunnerPaths {
   workdir: string;
   runnerDir: string;
   policyFile: string;
   /** Writable places beyond the workdir: nsjail mode's private /dev/shm (multiprocessing's semaphores). */
   extraWritePaths?: string[];
-  /** What of /proc is readable: the jail's own /proc whole, or (seccomp mode) only the run's own entries. */
+  /** What of /proc is readable: the jail's own /proc whole (nsjail mode); seccomp mode's root has no /proc. */
   procPaths: string[];
 }
 
-/** Read-only places the interpreter needs besides its own prefix and import path. */
+/**
+ * Read-only places the interpreter needs besides its own prefix and import path: paths inside the
+ * sandbox's root (every mode and path sees only it), whose /etc holds nothing of the host's.
+ */
 const SYSTEM_READ_PATHS = [
   '/usr',
   '/lib',
   '/lib64',
   '/bin',
   '/etc/ld.so.cache',
+  '/etc/alternatives',
   '/etc/localtime',
   '/etc/timezone',
+  '/etc/matplotlibrc',
+  '/etc/mime.types',
+  '/etc/passwd',
+  '/etc/group',
   '/sys/devices/system/cpu',
   '/dev/urandom',
   '/dev/random',

@@ -160,7 +160,7 @@ function runStep(step: Step, timeoutMs: number): Promise<StepResult> {
       timedOut = true;
       child.kill('SIGKILL');
     }, timeoutMs);
-    child.stderr!.on('data', (chunk: Buffer) => {
+    child.stderr.on('data', (chunk: Buffer) => {
       const text = chunk.toString('utf8');
       lines += text.split('\n').length - 1;
       if (stderr.length < STDERR_KEEP) stderr += text.slice(0, STDERR_KEEP - stderr.length);
@@ -230,14 +230,15 @@ const tools = new Map<string, string>();
 function tool(name: 'rm' | 'chmod'): string {
   let found = tools.get(name);
   if (!found) {
-    found = [`/usr/bin/${name}`, `/bin/${name}`].find((candidate) => {
-      try {
-        accessSync(candidate, constants.X_OK);
-        return true;
-      } catch {
-        return false;
-      }
-    }) ?? name;
+    found =
+      [`/usr/bin/${name}`, `/bin/${name}`].find((candidate) => {
+        try {
+          accessSync(candidate, constants.X_OK);
+          return true;
+        } catch {
+          return false;
+        }
+      }) ?? name;
     tools.set(name, found);
   }
   return found;

@@ -1,6 +1,6 @@
 /**
  * A trial run: a tiny script through a real sandbox, end to end. It proves each backend at
- * start-up (the probe) and the chosen one on demand (/healthz?deep=1's canary).
+ * start-up (the probe) and the chosen one on demand (/health?deep=1's canary).
  */
 import type { RunReport, Sandbox } from './types';
 

@@ -51,6 +51,8 @@ export interface Sandbox {
   run(order: RunOrder): Promise<RunReport>;
   /** Warm path: the children confined and waiting for a run, by slot. */
   waiting?(): Array<{ slot: number; pid: number }>;
+  /** Shutdown: ends what the sandbox keeps between runs (the warm pool: zygote, waiting children, their cgroups). */
+  close?(): Promise<void>;
 }
 
 /** One backend on one path (a cold sandbox of nsjail/ or seccomp/, or the warm pool of warm/): each run comes with its limits. */
@@ -58,7 +60,7 @@ export interface SandboxPath extends Omit<Sandbox, 'run'> {
   run(request: RunRequest): Promise<RunReport>;
 }
 
-/** One finding of the start-up probe, as /healthz shows it under sandbox.capabilities. */
+/** One finding of the start-up probe, as /health shows it under sandbox.capabilities. */
 export interface Finding {
   available: boolean;
   detail: string;

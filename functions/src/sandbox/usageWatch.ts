@@ -108,17 +108,15 @@ async function check(watch: Watch, pids: number[]): Promise<void> {
   const needsMeasure = !limits.cgroup || limits.dir !== undefined;
   // With a cgroup the kernel holds memory: only the hidden files are measured. Without one, the
   // exact (costly) figures are read only when a cheap upper bound is over the limit.
-  const measured =
-    needsMeasure && pids.length > 0
-      ? measureProcesses(pids, limits.cgroup ? { memory: false } : { exactAbove: limits.memoryBytes })
-      : { memoryBytes: 0, hiddenFileBytes: 0 };
+  const measured = needsMeasure && pids.length > 0 ? measureProcesses(pids, limits.cgroup ? { memory: false } : { exactAbove: limits.memoryBytes }) : { memoryBytes: 0, hiddenFileBytes: 0 };
   if (!limits.cgroup && measured.memoryBytes > limits.memoryBytes) {
     return fire({ kind: 'memory', message: `the run's processes together used more than its memory limit of ${limits.memoryBytes >> 20} MiB; all were killed` });
   }
   if (limits.dir) {
     const usage = await directoryUsage(limits.dir.path);
     if (usage.entries > MAX_DIR_ENTRIES) fire({ kind: 'disk', message: `the run created more than ${MAX_DIR_ENTRIES} files; all its processes were killed` });
-    else if (usage.bytes + measured.hiddenFileBytes > limits.dir.maxBytes) fire({ kind: 'disk', message: `the run's files took more than ${limits.dir.maxBytes >> 20} MiB; all its processes were killed` });
+    else if (usage.bytes + measured.hiddenFileBytes > limits.dir.maxBytes)
+      fire({ kind: 'disk', message: `the run's files took more than ${limits.dir.maxBytes >> 20} MiB; all its processes were killed` });
   }
 }
 

@@ -2,18 +2,7 @@
  * cloudbuild.yaml: parsed with `yaml`, substituted the way Cloud Build does for a manual
  * `gcloud builds submit`, and its deploy step executed against a stub gcloud.
  */
-import {
-  buildValues,
-  CloudBuild,
-  dictFlag,
-  flags,
-  loadCloudBuild,
-  MANUAL_BUILTINS,
-  removeStub,
-  runCloudBuildDeploy,
-  runDeployArgs,
-  substitute,
-} from './helpers';
+import { buildValues, CloudBuild, dictFlag, flags, loadCloudBuild, MANUAL_BUILTINS, removeStub, runCloudBuildDeploy, runDeployArgs, substitute } from './helpers';
 
 let cb: CloudBuild;
 const IMAGE_TEMPLATE = '${_REGION}-docker.pkg.dev/$PROJECT_ID/${_REPOSITORY}/${_SERVICE}:${_TAG}';

@@ -35,7 +35,10 @@ let tfCache: Promise<TfConfig> | undefined;
 export function loadTerraform(): Promise<TfConfig> {
   tfCache ??= (async () => {
     const dir = path.join(REPO, 'infra', 'terraform');
-    const names = fs.readdirSync(dir).filter((f) => f.endsWith('.tf')).sort();
+    const names = fs
+      .readdirSync(dir)
+      .filter((f) => f.endsWith('.tf'))
+      .sort();
     const config: TfConfig = { files: {}, resources: {}, variables: {}, locals: {}, outputs: {}, terraform: [] };
     for (const name of names) {
       const text = fs.readFileSync(path.join(dir, name), 'utf8');

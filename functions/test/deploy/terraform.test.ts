@@ -72,12 +72,7 @@ describe('the Cloud Run service', () => {
     const waitVar = varRef(env('MAX_QUEUE_WAIT_MS'))!;
     expect(scriptVar).toBeDefined();
     expect(waitVar).toBeDefined();
-    const cases: Array<Record<string, number>> = [
-      {},
-      { [scriptVar]: 100, [waitVar]: 0 },
-      { [scriptVar]: 60000, [waitVar]: 30000 },
-      { [scriptVar]: 600000, [waitVar]: 0 },
-    ];
+    const cases: Array<Record<string, number>> = [{}, { [scriptVar]: 100, [waitVar]: 0 }, { [scriptVar]: 60000, [waitVar]: 30000 }, { [scriptVar]: 600000, [waitVar]: 0 }];
     for (const overrides of cases) {
       const seconds = evalTf(tf, timeoutExpr, overrides) as number;
       const script = overrides[scriptVar] ?? tf.variables[scriptVar].default;
@@ -132,7 +127,10 @@ describe('the Cloud Run service', () => {
     if (varRef(value)) expect(tf.variables[varRef(value)!].default).toBe(true);
     const main = tf.files['main.tf'];
     const line = main.split('\n').findIndex((l) => /^\s*deletion_protection\s*=/.test(l));
-    const commentAbove = main.split('\n').slice(Math.max(0, line - 6), line).join('\n');
+    const commentAbove = main
+      .split('\n')
+      .slice(Math.max(0, line - 6), line)
+      .join('\n');
     expect(commentAbove).toMatch(/#.*destroy/);
   });
 });
@@ -180,7 +178,9 @@ describe('identity and access', () => {
 
   test('invokers come from a variable that refuses allUsers', () => {
     const members = tf.resources.google_cloud_run_v2_service_iam_member;
-    const invokers = Object.values(members).map((b) => b[0]).filter((b: Json) => /var\.invoker_members/.test(String(b.for_each)));
+    const invokers = Object.values(members)
+      .map((b) => b[0])
+      .filter((b: Json) => /var\.invoker_members/.test(String(b.for_each)));
     expect(invokers.length).toBe(1);
     expect(invokers[0].role).toBe('roles/run.invoker');
     expect(tf.variables.invoker_members.default).toEqual([]);

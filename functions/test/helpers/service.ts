@@ -63,9 +63,7 @@ export function sandboxModes(): string[] {
   if (unprivileged()) return ['seccomp'];
   const nsjail = findNsjail();
   if (!nsjail) {
-    process.stderr.write(
-      '\n*** SKIPPING nsjail-mode tests: no nsjail binary (set NSJAIL_PATH or put nsjail on PATH). Only seccomp mode is tested. ***\n\n',
-    );
+    process.stderr.write('\n*** SKIPPING nsjail-mode tests: no nsjail binary (set NSJAIL_PATH or put nsjail on PATH). Only seccomp mode is tested. ***\n\n');
     return ['seccomp'];
   }
   return ['seccomp', 'nsjail'];
@@ -79,14 +77,21 @@ export function unprivileged(): boolean {
 /** Runs a command as an unprivileged container would (helpers/unprivileged.py says how). */
 export const UNPRIVILEGED_PREFIX = ['/usr/bin/python3', '-I', path.join(__dirname, 'unprivileged.py')];
 
+export interface StartOptions {
+  /** The path to start and expect: default the jest project's (pathUnderTest()). */
+  path?: 'cold' | 'warm';
+  /** Also accept a service that found no usable sandbox (it answers every run 503): for tests of a refusal. */
+  allowNoSandbox?: boolean;
+}
+
 /**
  * Starts the service. `prefix` runs it under another command (e.g. `unshare --pid --fork` to make
  * it PID 1 of a namespace of its own, as in a container started without an init).
  */
-export async function startService(env: Record<string, string> = {}, mode = 'seccomp', prefix: string[] = []): Promise<RunningService> {
+export async function startService(env: Record<string, string> = {}, mode = 'seccomp', prefix: string[] = [], options: StartOptions = {}): Promise<RunningService> {
   const port = await freePort();
   const nsjail = findNsjail();
-  const expectedPath = pathUnderTest();
+  const expectedPath = options.path ?? pathUnderTest();
   const wrapper = unprivileged() ? UNPRIVILEGED_PREFIX : [];
   const [command, ...args] = [...wrapper, ...prefix, process.execPath, MAIN, '--target=service', '--signature-type=http'];
   const workRoot = env.SANDBOX_WORK_ROOT ?? mkdtempSync(path.join(os.tmpdir(), 'pyexec-test-'));
@@ -103,7 +108,7 @@ export async function startService(env: Record<string, string> = {}, mode = 'sec
       // Services started by concurrent test files must never share run uids (a run's cleanup
       // kills every process of its uid).
       SANDBOX_UID_BASE: String(200000 + Math.floor(Math.random() * 50000) * 64),
-      WARM_POOL: pathUnderTest() === 'warm' ? 'on' : 'off',
+      WARM_POOL: expectedPath === 'warm' ? 'on' : 'off',
       ...env,
     },
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -130,8 +135,9 @@ export async function startService(env: Record<string, string> = {}, mode = 'sec
   for (;;) {
     if (child.exitCode !== null) throw new Error(`service exited during start-up:\n${logs.join('\n')}`);
     try {
-      const response = await fetch(`${url}/healthz`);
+      const response = await fetch(`${url}/health`);
       const body = (await response.json()) as { sandbox: { mode: string | null; path: string | null } };
+      if (options.allowNoSandbox && body.sandbox.mode === null) break;
       if (body.sandbox.mode !== mode || body.sandbox.path !== expectedPath) {
         throw new Error(`service chose mode ${body.sandbox.mode} (${body.sandbox.path}), wanted ${mode} (${expectedPath}): ${JSON.stringify(body.sandbox)}`);
       }

@@ -49,24 +49,34 @@ function expectKilledBySignalOrSurvived(answer: { status: number; body: any }): 
   expect(String(answer.body.error.signal)).toMatch(/^SIG/);
 }
 
-describe.each(sandboxModes().flatMap((mode) => [[mode, 'auto'], [mode, 'off']]))('security: break-it in %s mode, cgroups %s', (mode, cgroups) => {
+describe.each(
+  sandboxModes().flatMap((mode) => [
+    [mode, 'auto'],
+    [mode, 'off'],
+  ]),
+)('security: break-it in %s mode, cgroups %s', (mode, cgroups) => {
   let service: RunningService;
   const base = uidBase();
   beforeAll(async () => {
-    service = await startService(
-      { SCRIPT_TIMEOUT_MS: '6000', SCRIPT_MEMORY_MB: String(MEMORY_MB), SCRIPT_TMP_MB: String(TMP_MB), SANDBOX_CGROUPS: cgroups, SANDBOX_UID_BASE: String(base) },
-      mode,
-    );
+    service = await startService({ SCRIPT_TIMEOUT_MS: '6000', SCRIPT_MEMORY_MB: String(MEMORY_MB), SCRIPT_TMP_MB: String(TMP_MB), SANDBOX_CGROUPS: cgroups, SANDBOX_UID_BASE: String(base) }, mode);
   });
   afterAll(async () => {
     await service?.stop();
   });
   const kernel = cgroups === 'auto';
   const c = (name: string, layer: string, body: () => Promise<void>, timeoutMs = 30000) =>
-    attackCase('breakit', name, layer, mode, () => service, async () => {
-      await body();
-      expect(await waitFor(async () => (await processesOfUids(base, 64, service)).length === 0, 3000)).toBe(true);
-    }, timeoutMs);
+    attackCase(
+      'breakit',
+      name,
+      layer,
+      mode,
+      () => service,
+      async () => {
+        await body();
+        expect(await waitFor(async () => (await processesOfUids(base, 64, service)).length === 0, 3000)).toBe(true);
+      },
+      timeoutMs,
+    );
 
   if (mode === 'seccomp') {
     c('files whose only descriptors are in flight in a Unix socket hold more than the disk limit', 'usage sampler (disk of the run)', async () => {
@@ -99,39 +109,40 @@ describe.each(sandboxModes().flatMap((mode) => [[mode, 'auto'], [mode, 'off']]))
 
   // Without a cgroup, socket buffers are a known weakness (docs/SECURITY.md): no count of them
   // is readable from /proc, so only the kernel's memory cgroup holds this case.
-  if (kernel) c('memory held in Unix socket buffers', 'cgroup memory limit (socket buffers are charged)', async () => {
-    const answer = await attack(
-      service,
-      py(
-        'import socket, time',
-        'def main():',
-        "    blob, held, pairs = b'x' * 65536, 0, []",
-        '    for _ in range(48):',
-        `        if held > ${3 * MEMORY_MB} << 20: break`,
-        '        try:',
-        '            a, b = socket.socketpair()',
-        '        except OSError:',
-        '            break',
-        '        pairs.append((a, b))',
-        '        for s, peer in ((a, b), (b, a)):',
-        '            try:',
-        '                s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 30)',
-        '                peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 30)',
-        '            except OSError:',
-        '                pass',
-        '            s.setblocking(False)',
-        '            while True:',
-        '                try:',
-        '                    held += s.send(blob)',
-        '                except OSError:',
-        '                    break',
-        '    time.sleep(1)',
-        "    return {'held_mb': held >> 20, 'pairs': len(pairs)}",
-      ),
-    );
-    if (answer.status === 200) expect(answer.body.result.held_mb).toBeLessThanOrEqual(MEMORY_MB);
-    else expect(answer.body.error.type).toBe('memory_limit');
-  });
+  if (kernel)
+    c('memory held in Unix socket buffers', 'cgroup memory limit (socket buffers are charged)', async () => {
+      const answer = await attack(
+        service,
+        py(
+          'import socket, time',
+          'def main():',
+          "    blob, held, pairs = b'x' * 65536, 0, []",
+          '    for _ in range(48):',
+          `        if held > ${3 * MEMORY_MB} << 20: break`,
+          '        try:',
+          '            a, b = socket.socketpair()',
+          '        except OSError:',
+          '            break',
+          '        pairs.append((a, b))',
+          '        for s, peer in ((a, b), (b, a)):',
+          '            try:',
+          '                s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 30)',
+          '                peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 30)',
+          '            except OSError:',
+          '                pass',
+          '            s.setblocking(False)',
+          '            while True:',
+          '                try:',
+          '                    held += s.send(blob)',
+          '                except OSError:',
+          '                    break',
+          '    time.sleep(1)',
+          "    return {'held_mb': held >> 20, 'pairs': len(pairs)}",
+        ),
+      );
+      if (answer.status === 200) expect(answer.body.result.held_mb).toBeLessThanOrEqual(MEMORY_MB);
+      else expect(answer.body.error.type).toBe('memory_limit');
+    });
 
   c('a run ended by a real-time signal is reported as killed by that signal', 'launcher / zygote exit report', async () => {
     expectKilledBySignalOrSurvived(await attack(service, REALTIME_SIGNAL_SUICIDE));
@@ -185,7 +196,14 @@ describe.each(sandboxModes())('security: break-it, runs ended by a real-time sig
     expect(await zombiesOfService()).toEqual([]);
     const answer = await execute(
       service,
-      py('import subprocess, threading', 'def main():', '    ts = [threading.Thread(target=sum, args=([1],)) for _ in range(16)]', '    [t.start() for t in ts]', '    [t.join() for t in ts]', "    return subprocess.run(['/bin/echo', 'child'], capture_output=True, text=True).stdout"),
+      py(
+        'import subprocess, threading',
+        'def main():',
+        '    ts = [threading.Thread(target=sum, args=([1],)) for _ in range(16)]',
+        '    [t.start() for t in ts]',
+        '    [t.join() for t in ts]',
+        "    return subprocess.run(['/bin/echo', 'child'], capture_output=True, text=True).stdout",
+      ),
     );
     expect(answer.status).toBe(200);
     expect(answer.body.result).toBe('child\n');

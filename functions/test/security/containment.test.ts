@@ -37,7 +37,12 @@ const SHARED_MEMORY_CHILDREN = py(
   "    return {'held_mb': filled * mb}",
 );
 
-describe.each(sandboxModes().flatMap((mode) => [[mode, 'auto'], [mode, 'off']]))('security: containment in %s mode, cgroups %s', (mode, cgroups) => {
+describe.each(
+  sandboxModes().flatMap((mode) => [
+    [mode, 'auto'],
+    [mode, 'off'],
+  ]),
+)('security: containment in %s mode, cgroups %s', (mode, cgroups) => {
   let service: RunningService;
   const base = uidBase();
   beforeAll(async () => {
@@ -51,13 +56,21 @@ describe.each(sandboxModes().flatMap((mode) => [[mode, 'auto'], [mode, 'off']]))
   });
   const kernel = cgroups === 'auto';
   const c = (name: string, layer: Layer, body: () => Promise<void>, timeoutMs = 30000) =>
-    attackCase('containment', name, layer, mode, () => service, async () => {
-      await body();
-      expect(await waitFor(async () => (await processesOfUids(base, 64, service)).length === 0, 3000)).toBe(true);
-    }, timeoutMs);
+    attackCase(
+      'containment',
+      name,
+      layer,
+      mode,
+      () => service,
+      async () => {
+        await body();
+        expect(await waitFor(async () => (await processesOfUids(base, 64, service)).length === 0, 3000)).toBe(true);
+      },
+      timeoutMs,
+    );
 
   test('health reports the cgroups in use', async () => {
-    const health = (await (await fetch(`${service.url}/healthz`)).json()) as any;
+    const health = (await (await fetch(`${service.url}/health`)).json()) as any;
     const finding = health.sandbox.capabilities.cgroups;
     if (kernel) {
       // This machine (and CI) has the v1 memory and pids controllers mounted and writable.
@@ -220,29 +233,36 @@ describe.each(sandboxModes().flatMap((mode) => [[mode, 'auto'], [mode, 'off']]))
     expect(answer.body.result).toEqual(['EPERM']);
   });
 
-  c('many concurrent runs over their memory: only the offenders are killed', kernel ? 'cgroup memory limit per run' : 'usage sampler per run', async () => {
-    const serviceRss = async () => Number(/^VmRSS:\s+(\d+)/m.exec(await fs.readFile(`/proc/${service.process.pid}/status`, 'utf8'))![1]) * 1024;
-    const before = await serviceRss();
-    const hog = SHARED_MEMORY_CHILDREN + py('def main():', '    return hold_in_children(4, 100)');
-    const honest = (n: number) => py('import numpy as np', 'def main():', `    return int(np.arange(${n}).sum())`);
-    const answers = await Promise.all([
-      ...Array.from({ length: 5 }, () => attack(service, hog)),
-      ...Array.from({ length: 5 }, (_, i) => execute(service, honest(1000 + i))),
-    ]);
-    for (const answer of answers.slice(0, 5)) {
-      expect(answer.status).toBe(422);
-      expect(answer.body.error.type).toBe('memory_limit');
-    }
-    answers.slice(5).forEach((answer, i) => {
-      expect(answer.status).toBe(200);
-      expect(answer.body.result).toBe(((1000 + i) * (999 + i)) / 2);
-    });
-    // The hogs' memory was never the service's: its own resident set barely moved.
-    expect((await serviceRss()) - before).toBeLessThan(64 << 20);
-  }, 60000);
+  c(
+    'many concurrent runs over their memory: only the offenders are killed',
+    kernel ? 'cgroup memory limit per run' : 'usage sampler per run',
+    async () => {
+      const serviceRss = async () => Number(/^VmRSS:\s+(\d+)/m.exec(await fs.readFile(`/proc/${service.process.pid}/status`, 'utf8'))![1]) * 1024;
+      const before = await serviceRss();
+      const hog = SHARED_MEMORY_CHILDREN + py('def main():', '    return hold_in_children(4, 100)');
+      const honest = (n: number) => py('import numpy as np', 'def main():', `    return int(np.arange(${n}).sum())`);
+      const answers = await Promise.all([...Array.from({ length: 5 }, () => attack(service, hog)), ...Array.from({ length: 5 }, (_, i) => execute(service, honest(1000 + i)))]);
+      for (const answer of answers.slice(0, 5)) {
+        expect(answer.status).toBe(422);
+        expect(answer.body.error.type).toBe('memory_limit');
+      }
+      answers.slice(5).forEach((answer, i) => {
+        expect(answer.status).toBe(200);
+        expect(answer.body.result).toBe(((1000 + i) * (999 + i)) / 2);
+      });
+      // The hogs' memory was never the service's: its own resident set barely moved.
+      expect((await serviceRss()) - before).toBeLessThan(64 << 20);
+    },
+    60000,
+  );
 });
 
-describe.each(sandboxModes().flatMap((mode) => [[mode, 'auto'], [mode, 'off']]))('security: a killed run and the next run of its slot, in %s mode, cgroups %s', (mode, cgroups) => {
+describe.each(
+  sandboxModes().flatMap((mode) => [
+    [mode, 'auto'],
+    [mode, 'off'],
+  ]),
+)('security: a killed run and the next run of its slot, in %s mode, cgroups %s', (mode, cgroups) => {
   let service: RunningService;
   beforeAll(async () => {
     // One slot, so every run follows a killed one on the same uid.
@@ -256,7 +276,17 @@ describe.each(sandboxModes().flatMap((mode) => [[mode, 'auto'], [mode, 'off']]))
     const big = py('import time', 'def main():', '    b = bytearray(200 << 20)', '    for j in range(0, len(b), 4096): b[j] = 1', '    while True:', '        pass');
     for (let round = 0; round < 3; round++) {
       const killed = execute(service, big);
-      const next = execute(service, py('import threading', 'def main():', '    ts = [threading.Thread(target=sum, args=([1],)) for _ in range(8)]', '    [t.start() for t in ts]', '    [t.join() for t in ts]', "    return 'survived'"));
+      const next = execute(
+        service,
+        py(
+          'import threading',
+          'def main():',
+          '    ts = [threading.Thread(target=sum, args=([1],)) for _ in range(8)]',
+          '    [t.start() for t in ts]',
+          '    [t.join() for t in ts]',
+          "    return 'survived'",
+        ),
+      );
       expect((await killed).body.error.type).toBe('timeout');
       const answer = await next;
       expect(answer.status).toBe(200);
@@ -268,7 +298,14 @@ describe.each(sandboxModes().flatMap((mode) => [[mode, 'auto'], [mode, 'off']]))
     await execute(service, py(TRY, 'import os', 'def main():', '    for _ in range(64):', '        if raw_syscall(56, 0x8000 | 17, 0, 0, 0, 0) == 0:', '            os._exit(0)'));
     const answer = await execute(
       service,
-      py('import subprocess, threading', 'def main():', '    ts = [threading.Thread(target=sum, args=([1],)) for _ in range(16)]', '    [t.start() for t in ts]', '    [t.join() for t in ts]', "    return subprocess.run(['/bin/echo', 'child'], capture_output=True, text=True).stdout"),
+      py(
+        'import subprocess, threading',
+        'def main():',
+        '    ts = [threading.Thread(target=sum, args=([1],)) for _ in range(16)]',
+        '    [t.start() for t in ts]',
+        '    [t.join() for t in ts]',
+        "    return subprocess.run(['/bin/echo', 'child'], capture_output=True, text=True).stdout",
+      ),
     );
     expect(answer.status).toBe(200);
     expect(answer.body.result).toBe('child\n');

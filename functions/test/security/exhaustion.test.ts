@@ -16,10 +16,18 @@ describe.each(sandboxModes())('security: resource exhaustion in %s mode', (mode)
     await service?.stop();
   });
   const c = (name: string, layer: Layer, body: () => Promise<void>) =>
-    attackCase('exhaustion', name, layer, mode, () => service, async () => {
-      await body();
-      expect(await waitFor(async () => (await processesOfUids(base, 64, service)).length === 0, 2000)).toBe(true);
-    }, 20000);
+    attackCase(
+      'exhaustion',
+      name,
+      layer,
+      mode,
+      () => service,
+      async () => {
+        await body();
+        expect(await waitFor(async () => (await processesOfUids(base, 64, service)).length === 0, 2000)).toBe(true);
+      },
+      20000,
+    );
 
   c('fork bomb', 'RLIMIT_NPROC; service watchdog; uid reaper', async () => {
     const answer = await attack(service, py('import os', 'def main():', '    while True:', '        try:', '            os.fork()', '        except OSError:', '            pass'));
@@ -30,7 +38,17 @@ describe.each(sandboxModes())('security: resource exhaustion in %s mode', (mode)
   c('thread bomb', 'RLIMIT_NPROC (threads count)', async () => {
     const answer = await attack(
       service,
-      py('import threading, time', 'def main():', '    n = 0', '    try:', '        while True:', '            threading.Thread(target=time.sleep, args=(30,), daemon=True).start()', '            n += 1', '    except RuntimeError as e:', '        return n'),
+      py(
+        'import threading, time',
+        'def main():',
+        '    n = 0',
+        '    try:',
+        '        while True:',
+        '            threading.Thread(target=time.sleep, args=(30,), daemon=True).start()',
+        '            n += 1',
+        '    except RuntimeError as e:',
+        '        return n',
+      ),
     );
     expect(answer.status).toBe(200);
     expect(answer.body.result).toBeLessThan(64);
@@ -110,7 +128,10 @@ describe.each(sandboxModes())('security: resource exhaustion in %s mode', (mode)
   });
 
   c('many small files (inode exhaustion)', { seccomp: 'usage sampler (10000 entries)', nsjail: 'tmpfs nr_inodes cap' }, async () => {
-    const answer = await attack(service, py('import os', 'def main():', '    n = 0', '    try:', '        while True:', "            open(f'f{n}', 'w').close()", '            n += 1', '    except OSError:', '        return n'));
+    const answer = await attack(
+      service,
+      py('import os', 'def main():', '    n = 0', '    try:', '        while True:', "            open(f'f{n}', 'w').close()", '            n += 1', '    except OSError:', '        return n'),
+    );
     // Stopped at the cap, or (on a slow host) by the time limit before reaching it.
     if (answer.status === 200) expect(answer.body.result).toBeLessThanOrEqual(10000);
     else if (answer.body.error.type === 'killed') expect(answer.body.error.message).toContain('more than 10000 files');
@@ -118,7 +139,10 @@ describe.each(sandboxModes())('security: resource exhaustion in %s mode', (mode)
   });
 
   c('file descriptor exhaustion', 'RLIMIT_NOFILE', async () => {
-    const answer = await attack(service, py('def main():', '    fs = []', '    try:', '        while True:', "            fs.append(open('/dev/null'))", '    except OSError as e:', '        return [len(fs), e.errno]'));
+    const answer = await attack(
+      service,
+      py('def main():', '    fs = []', '    try:', '        while True:', "            fs.append(open('/dev/null'))", '    except OSError as e:', '        return [len(fs), e.errno]'),
+    );
     expect(answer.status).toBe(200);
     expect(answer.body.result[0]).toBeLessThan(256);
   });
@@ -157,7 +181,14 @@ describe.each(sandboxModes())('security: resource exhaustion in %s mode', (mode)
   c('decompression bomb (1 GiB of zeros from a few MB)', 'RLIMIT_AS', async () => {
     const answer = await attack(
       service,
-      py('import zlib', 'def main():', '    c = zlib.compressobj(1)', "    chunk = bytes(1 << 20)", '    data = b"".join(c.compress(chunk) for _ in range(1024)) + c.flush()', '    return len(zlib.decompress(data))'),
+      py(
+        'import zlib',
+        'def main():',
+        '    c = zlib.compressobj(1)',
+        '    chunk = bytes(1 << 20)',
+        '    data = b"".join(c.compress(chunk) for _ in range(1024)) + c.flush()',
+        '    return len(zlib.decompress(data))',
+      ),
     );
     expect(answer.status).toBe(422);
     expect(answer.body.error.type).toMatch(/^(memory_limit|timeout)$/);

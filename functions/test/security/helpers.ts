@@ -47,15 +47,7 @@ export async function attack(service: RunningService, script: string, args?: Rec
  * Registers one attack case: `<category>: <name> [<layer>]`. The body gets the mode; afterwards
  * the service must still be healthy.
  */
-export function attackCase(
-  category: string,
-  name: string,
-  layer: Layer,
-  mode: string,
-  getService: () => RunningService,
-  body: () => Promise<void>,
-  timeoutMs?: number,
-): void {
+export function attackCase(category: string, name: string, layer: Layer, mode: string, getService: () => RunningService, body: () => Promise<void>, timeoutMs?: number): void {
   test(
     `${category}: ${name} [${layerOf(layer, mode)}]`,
     async () => {
@@ -89,7 +81,7 @@ export { processesWithArgument } from '../helpers/processes';
 /** The warm path's pre-forked children, confined and waiting for their (future) run. */
 async function waitingChildren(service: RunningService | undefined): Promise<Set<number>> {
   if (!service) return new Set();
-  const health = (await (await fetch(`${service.url}/healthz`)).json()) as { warm_pool?: { children: Array<{ pid: number }> } };
+  const health = (await (await fetch(`${service.url}/health`)).json()) as { warm_pool?: { children: Array<{ pid: number }> } };
   return new Set((health.warm_pool?.children ?? []).map((child) => child.pid));
 }
 

@@ -56,7 +56,14 @@ describe.each(sandboxModes())('security: network in %s mode', (mode) => {
   c('DNS: resolving metadata.google.internal fails', 'seccomp (socket family)', async () => {
     const answer = await attack(
       service,
-      py(BLOCKED_SOCKET, 'def main():', '    udp = blocked(socket.AF_INET, socket.SOCK_DGRAM)', "    if udp['ok']:", "        return {'udp_socket_created': True}", "    return attempt(lambda: socket.getaddrinfo('metadata.google.internal', 80))"),
+      py(
+        BLOCKED_SOCKET,
+        'def main():',
+        '    udp = blocked(socket.AF_INET, socket.SOCK_DGRAM)',
+        "    if udp['ok']:",
+        "        return {'udp_socket_created': True}",
+        "    return attempt(lambda: socket.getaddrinfo('metadata.google.internal', 80))",
+      ),
     );
     expect(answer.status).toBe(200);
     expect(answer.body.result).toMatchObject({ ok: false, error: 'gaierror' });
@@ -92,24 +99,28 @@ describe.each(sandboxModes())('security: network in %s mode', (mode) => {
     expect(answer.body.result).toMatchObject({ ok: false, errno: 'EAFNOSUPPORT' });
   });
 
-  c("the warm path's channel socket, where waiting children announce their streams", { seccomp: 'Landlock; 0700 root directory; seccomp (connect)', nsjail: 'unmounted in the child; seccomp (connect)' }, async () => {
-    const hostSocket = path.join(os.tmpdir(), 'pyexec-runs', `warm-${service.process.pid}`, 'channels.sock');
-    const answer = await attack(
-      service,
-      py(
-        BLOCKED_SOCKET,
-        'def main(targets):',
-        '    def connect(target):',
-        '        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)',
-        '        s.connect(target)',
-        "        s.sendall(b'forged stdout\\n')",
-        "    return {'list': attempt(lambda: os.listdir('/sandbox/warm')), **{t: attempt(lambda t=t: connect(t)) for t in targets}}",
-      ),
-      { targets: [hostSocket, '/sandbox/warm/channels.sock'] },
-    );
-    expect(answer.status).toBe(200);
-    for (const outcome of Object.values(answer.body.result) as Array<{ ok: boolean }>) expect(outcome.ok).toBe(false);
-  });
+  c(
+    "the warm path's channel socket, where waiting children announce their streams",
+    { seccomp: 'Landlock; 0700 root directory; seccomp (connect)', nsjail: 'unmounted in the child; seccomp (connect)' },
+    async () => {
+      const hostSocket = path.join(os.tmpdir(), 'pyexec-runs', `warm-${service.process.pid}`, 'channels.sock');
+      const answer = await attack(
+        service,
+        py(
+          BLOCKED_SOCKET,
+          'def main(targets):',
+          '    def connect(target):',
+          '        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)',
+          '        s.connect(target)',
+          "        s.sendall(b'forged stdout\\n')",
+          "    return {'list': attempt(lambda: os.listdir('/sandbox/warm')), **{t: attempt(lambda t=t: connect(t)) for t in targets}}",
+        ),
+        { targets: [hostSocket, '/sandbox/warm/channels.sock'] },
+      );
+      expect(answer.status).toBe(200);
+      for (const outcome of Object.values(answer.body.result) as Array<{ ok: boolean }>) expect(outcome.ok).toBe(false);
+    },
+  );
 
   c('a host Unix stream socket (a real listener, world-writable)', { seccomp: 'seccomp (connect)', nsjail: 'mount namespace; seccomp (connect)' }, async () => {
     const socketPath = path.join(scratch, 'host.sock');
@@ -123,7 +134,15 @@ describe.each(sandboxModes())('security: network in %s mode', (mode) => {
     try {
       const answer = await attack(
         service,
-        py(BLOCKED_SOCKET, 'def main(target):', '    def go():', '        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)', '        s.connect(target)', "        s.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n')", '    return attempt(go)'),
+        py(
+          BLOCKED_SOCKET,
+          'def main(target):',
+          '    def go():',
+          '        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)',
+          '        s.connect(target)',
+          "        s.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n')",
+          '    return attempt(go)',
+        ),
         { target: socketPath },
       );
       expect(answer.body.result.ok).toBe(false);

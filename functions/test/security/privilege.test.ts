@@ -22,7 +22,10 @@ describe.each(sandboxModes())('security: processes and privilege in %s mode', (m
   c('process', 'kill(-1, SIGKILL) while another run is in flight', { seccomp: 'per-run uid; Landlock signal scope', nsjail: 'pid namespace' }, async () => {
     const survivor = execute(service, py('import time', 'def main():', '    time.sleep(1.0)', "    return 'survived'"));
     await new Promise((r) => setTimeout(r, 300));
-    const answer = await attack(service, py('import os, signal', 'def main():', '    try:', '        os.kill(-1, signal.SIGKILL)', '    except OSError as e:', '        return e.errno', "    return 'sent'"));
+    const answer = await attack(
+      service,
+      py('import os, signal', 'def main():', '    try:', '        os.kill(-1, signal.SIGKILL)', '    except OSError as e:', '        return e.errno', "    return 'sent'"),
+    );
     expect([200, 422]).toContain(answer.status);
     const other = await survivor;
     expect(other.status).toBe(200);
@@ -41,7 +44,7 @@ describe.each(sandboxModes())('security: processes and privilege in %s mode', (m
         '        if pid in (0, os.getpid()):',
         '            continue',
         '        out[name] = attempt(lambda: os.kill(pid, signal.SIGKILL))',
-        "    if os.getpid() != 1:",
+        '    if os.getpid() != 1:',
         "        out['pid1'] = attempt(lambda: os.kill(1, signal.SIGKILL))",
         '    return out',
       ),
@@ -53,16 +56,24 @@ describe.each(sandboxModes())('security: processes and privilege in %s mode', (m
   });
 
   c('process', 'ptrace attach to the parent and to the service', SECCOMP_EPERM, async () => {
-    const answer = await attack(service, py(TRY, 'def main(pid):', "    return {'parent': raw_syscall(101, 16, os.getppid(), 0, 0), 'service': raw_syscall(101, 16, pid, 0, 0), 'traceme': raw_syscall(101, 0, 0, 0, 0)}"), {
-      pid: service.process.pid,
-    });
+    const answer = await attack(
+      service,
+      py(TRY, 'def main(pid):', "    return {'parent': raw_syscall(101, 16, os.getppid(), 0, 0), 'service': raw_syscall(101, 16, pid, 0, 0), 'traceme': raw_syscall(101, 0, 0, 0, 0)}"),
+      {
+        pid: service.process.pid,
+      },
+    );
     expect(answer.body.result).toEqual({ parent: 'EPERM', service: 'EPERM', traceme: 'EPERM' });
   });
 
   c('process', "process_vm_readv / process_vm_writev and pidfd_getfd on the service's memory and descriptors", SECCOMP_EPERM, async () => {
-    const answer = await attack(service, py(TRY, 'def main(pid):', "    return {'readv': raw_syscall(310, pid, 0, 0, 0, 0, 0), 'writev': raw_syscall(311, pid, 0, 0, 0, 0, 0), 'pidfd_getfd': raw_syscall(438, 0, 3, 0)}"), {
-      pid: service.process.pid,
-    });
+    const answer = await attack(
+      service,
+      py(TRY, 'def main(pid):', "    return {'readv': raw_syscall(310, pid, 0, 0, 0, 0, 0), 'writev': raw_syscall(311, pid, 0, 0, 0, 0, 0), 'pidfd_getfd': raw_syscall(438, 0, 3, 0)}"),
+      {
+        pid: service.process.pid,
+      },
+    );
     expect(answer.body.result).toEqual({ readv: 'EPERM', writev: 'EPERM', pidfd_getfd: 'EPERM' });
   });
 
@@ -113,7 +124,23 @@ describe.each(sandboxModes())('security: processes and privilege in %s mode', (m
   });
 
   c('privilege', 'capabilities: none effective, permitted or ambient (nsjail: no bounding or inheritable either); no_new_privs; seccomp filter on', 'uid change; no_new_privs; seccomp', async () => {
-    const answer = await attack(service, py('def main():', "    return dict(l.split(':\\t', 1) for l in open('/proc/self/status').read().splitlines() if l.startswith(('Cap', 'NoNewPrivs', 'Seccomp')))"));
+    // Asked of the kernel (capget, prctl) in /proc/self/status's format: seccomp mode's root has no /proc.
+    const answer = await attack(
+      service,
+      py(
+        'import ctypes',
+        'def main():',
+        '    libc = ctypes.CDLL(None)',
+        '    header, data = (ctypes.c_uint32 * 2)(0x20080522, 0), (ctypes.c_uint32 * 6)()',
+        '    assert libc.capget(header, data) == 0',
+        "    hexed = lambda bits: '%016x' % bits",
+        '    both = lambda lo, hi: hexed((hi << 32) | lo)',
+        '    bounding = sum(1 << cap for cap in range(64) if libc.prctl(23, cap, 0, 0, 0) == 1)',
+        '    ambient = sum(1 << cap for cap in range(64) if libc.prctl(47, 1, cap, 0, 0) == 1)',
+        "    return {'CapEff': both(data[0], data[3]), 'CapPrm': both(data[1], data[4]), 'CapInh': both(data[2], data[5]), 'CapBnd': hexed(bounding), 'CapAmb': hexed(ambient),",
+        "            'NoNewPrivs': str(libc.prctl(39, 0, 0, 0, 0)), 'Seccomp': str(libc.prctl(21, 0, 0, 0, 0))}",
+      ),
+    );
     const status = answer.body.result;
     expect(status.CapEff).toBe('0000000000000000');
     expect(status.CapPrm).toBe('0000000000000000');
@@ -128,30 +155,61 @@ describe.each(sandboxModes())('security: processes and privilege in %s mode', (m
   });
 
   c('privilege', 'setuid(0), setgid(0), setgroups, setresuid', { seccomp: 'no capabilities (EPERM)', nsjail: 'no capability in its user namespace (EINVAL/EPERM)' }, async () => {
-    const answer = await attack(service, py(TRY, 'def main():', "    return {'setuid': attempt(lambda: os.setuid(0)), 'setgid': attempt(lambda: os.setgid(0)), 'setgroups': attempt(lambda: os.setgroups([0])), 'setresuid': attempt(lambda: os.setresuid(0, 0, 0))}"));
+    const answer = await attack(
+      service,
+      py(
+        TRY,
+        'def main():',
+        "    return {'setuid': attempt(lambda: os.setuid(0)), 'setgid': attempt(lambda: os.setgid(0)), 'setgroups': attempt(lambda: os.setgroups([0])), 'setresuid': attempt(lambda: os.setresuid(0, 0, 0))}",
+      ),
+    );
     for (const outcome of Object.values(answer.body.result) as Array<{ ok: boolean }>) expect(outcome.ok).toBe(false);
   });
 
   c('privilege', 'unshare via ctypes: user, mount, net, pid namespaces', SECCOMP_EPERM, async () => {
-    const answer = await attack(service, py(TRY, 'def main():', "    return {name: raw_syscall(272, flag) for name, flag in (('user', 0x10000000), ('mount', 0x20000), ('net', 0x40000000), ('pid', 0x20000000), ('all', 0x7C020000))}"));
+    const answer = await attack(
+      service,
+      py(TRY, 'def main():', "    return {name: raw_syscall(272, flag) for name, flag in (('user', 0x10000000), ('mount', 0x20000), ('net', 0x40000000), ('pid', 0x20000000), ('all', 0x7C020000))}"),
+    );
     expect(Object.values(answer.body.result)).toEqual(['EPERM', 'EPERM', 'EPERM', 'EPERM', 'EPERM']);
   });
 
   c('privilege', 'mount, umount, chroot, pivot_root, setns, open_tree, fsopen via ctypes', SECCOMP_EPERM, async () => {
     const answer = await attack(
       service,
-      py(TRY, 'def main():', "    s = lambda b: ctypes.cast(ctypes.c_char_p(b), ctypes.c_void_p).value", "    return {'mount': raw_syscall(165, s(b'none'), s(b'/tmp'), s(b'tmpfs'), 0, 0), 'umount2': raw_syscall(166, s(b'/proc'), 2), 'chroot': raw_syscall(161, s(b'/')),", "            'pivot_root': raw_syscall(155, s(b'.'), s(b'.')), 'setns': raw_syscall(308, 0, 0), 'open_tree': raw_syscall(428, -100, s(b'/'), 1), 'fsopen': raw_syscall(430, s(b'tmpfs'), 0)}"),
+      py(
+        TRY,
+        'def main():',
+        '    s = lambda b: ctypes.cast(ctypes.c_char_p(b), ctypes.c_void_p).value',
+        "    return {'mount': raw_syscall(165, s(b'none'), s(b'/tmp'), s(b'tmpfs'), 0, 0), 'umount2': raw_syscall(166, s(b'/proc'), 2), 'chroot': raw_syscall(161, s(b'/')),",
+        "            'pivot_root': raw_syscall(155, s(b'.'), s(b'.')), 'setns': raw_syscall(308, 0, 0), 'open_tree': raw_syscall(428, -100, s(b'/'), 1), 'fsopen': raw_syscall(430, s(b'tmpfs'), 0)}",
+      ),
     );
     for (const value of Object.values(answer.body.result)) expect(value).toBe('EPERM');
   });
 
   c('privilege', 'clone() with namespace flags and clone3()', 'seccomp (clone flags EPERM, clone3 ENOSYS)', async () => {
-    const answer = await attack(service, py(TRY, 'def main():', "    return {'clone_newuser': raw_syscall(56, 0x10000000 | 17, 0, 0, 0, 0), 'clone_newnet': raw_syscall(56, 0x40000000 | 17, 0, 0, 0, 0), 'clone3': raw_syscall(435, 0, 0)}"));
+    const answer = await attack(
+      service,
+      py(
+        TRY,
+        'def main():',
+        "    return {'clone_newuser': raw_syscall(56, 0x10000000 | 17, 0, 0, 0, 0), 'clone_newnet': raw_syscall(56, 0x40000000 | 17, 0, 0, 0, 0), 'clone3': raw_syscall(435, 0, 0)}",
+      ),
+    );
     expect(answer.body.result).toEqual({ clone_newuser: 'EPERM', clone_newnet: 'EPERM', clone3: 'ENOSYS' });
   });
 
   c('privilege', 'x32-ABI syscall numbers (0x40000000|nr): socket, unshare, ptrace, getpid', 'seccomp (other ABIs: ENOSYS)', async () => {
-    const answer = await attack(service, py(TRY, 'def main():', "    x32 = 0x40000000", "    return {'socket': raw_syscall(x32 | 41, 2, 1, 0), 'unshare': raw_syscall(x32 | 272, 0x10000000), 'ptrace': raw_syscall(x32 | 101, 16, 1, 0, 0), 'getpid': raw_syscall(x32 | 39)}"));
+    const answer = await attack(
+      service,
+      py(
+        TRY,
+        'def main():',
+        '    x32 = 0x40000000',
+        "    return {'socket': raw_syscall(x32 | 41, 2, 1, 0), 'unshare': raw_syscall(x32 | 272, 0x10000000), 'ptrace': raw_syscall(x32 | 101, 16, 1, 0, 0), 'getpid': raw_syscall(x32 | 39)}",
+      ),
+    );
     expect(answer.body.result).toEqual({ socket: 'ENOSYS', unshare: 'ENOSYS', ptrace: 'ENOSYS', getpid: 'ENOSYS' });
   });
 
@@ -176,25 +234,47 @@ describe.each(sandboxModes())('security: processes and privilege in %s mode', (m
   });
 
   c('privilege', 'io_uring, bpf, perf_event_open, userfaultfd', SECCOMP_EPERM, async () => {
-    const answer = await attack(service, py(TRY, 'def main():', "    return {'io_uring_setup': raw_syscall(425, 1, 0), 'io_uring_enter': raw_syscall(426, 0, 0, 0, 0, 0, 0), 'bpf': raw_syscall(321, 0, 0, 0), 'perf_event_open': raw_syscall(298, 0, 0, -1, -1, 0), 'userfaultfd': raw_syscall(323, 0)}"));
+    const answer = await attack(
+      service,
+      py(
+        TRY,
+        'def main():',
+        "    return {'io_uring_setup': raw_syscall(425, 1, 0), 'io_uring_enter': raw_syscall(426, 0, 0, 0, 0, 0, 0), 'bpf': raw_syscall(321, 0, 0, 0), 'perf_event_open': raw_syscall(298, 0, 0, -1, -1, 0), 'userfaultfd': raw_syscall(323, 0)}",
+      ),
+    );
     for (const value of Object.values(answer.body.result)) expect(value).toBe('EPERM');
   });
 
   c('privilege', 'keyctl, add_key, request_key (kernel keyrings)', SECCOMP_EPERM, async () => {
-    const answer = await attack(service, py(TRY, 'def main():', "    return {'keyctl': raw_syscall(250, 0, -3, 0), 'add_key': raw_syscall(248, 0, 0, 0, 0, -3), 'request_key': raw_syscall(249, 0, 0, 0, -3)}"));
+    const answer = await attack(
+      service,
+      py(TRY, 'def main():', "    return {'keyctl': raw_syscall(250, 0, -3, 0), 'add_key': raw_syscall(248, 0, 0, 0, 0, -3), 'request_key': raw_syscall(249, 0, 0, 0, -3)}"),
+    );
     for (const value of Object.values(answer.body.result)) expect(value).toBe('EPERM');
   });
 
   c('privilege', 'module and kexec loading, reboot, swapon, acct, settimeofday', SECCOMP_EPERM, async () => {
     const answer = await attack(
       service,
-      py(TRY, 'def main():', "    return {'init_module': raw_syscall(175, 0, 0, 0), 'finit_module': raw_syscall(313, 0, 0, 0), 'kexec_load': raw_syscall(246, 0, 0, 0, 0), 'kexec_file_load': raw_syscall(320, 0, 0, 0, 0, 0),", "            'reboot': raw_syscall(169, 0xfee1dead, 672274793, 0x4321fedc, 0), 'swapon': raw_syscall(167, 0, 0), 'acct': raw_syscall(163, 0), 'settimeofday': raw_syscall(164, 0, 0)}"),
+      py(
+        TRY,
+        'def main():',
+        "    return {'init_module': raw_syscall(175, 0, 0, 0), 'finit_module': raw_syscall(313, 0, 0, 0), 'kexec_load': raw_syscall(246, 0, 0, 0, 0), 'kexec_file_load': raw_syscall(320, 0, 0, 0, 0, 0),",
+        "            'reboot': raw_syscall(169, 0xfee1dead, 672274793, 0x4321fedc, 0), 'swapon': raw_syscall(167, 0, 0), 'acct': raw_syscall(163, 0), 'settimeofday': raw_syscall(164, 0, 0)}",
+      ),
     );
     for (const value of Object.values(answer.body.result)) expect(value).toBe('EPERM');
   });
 
   c('privilege', 'personality(): no ASLR, READ_IMPLIES_EXEC, all bits', 'seccomp (personality flags EPERM)', async () => {
-    const answer = await attack(service, py(TRY, 'def main():', "    return {'no_aslr': raw_syscall(135, 0x0040000), 'read_implies_exec': raw_syscall(135, 0x0400000), 'all': raw_syscall(135, 0xffffffff), 'query': raw_syscall(135, 0)}"));
+    const answer = await attack(
+      service,
+      py(
+        TRY,
+        'def main():',
+        "    return {'no_aslr': raw_syscall(135, 0x0040000), 'read_implies_exec': raw_syscall(135, 0x0400000), 'all': raw_syscall(135, 0xffffffff), 'query': raw_syscall(135, 0)}",
+      ),
+    );
     expect(answer.body.result).toMatchObject({ no_aslr: 'EPERM', read_implies_exec: 'EPERM', all: 'EPERM' });
     expect(typeof answer.body.result.query).toBe('number');
   });

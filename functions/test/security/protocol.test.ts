@@ -19,14 +19,28 @@ describe.each(sandboxModes())('security: protocol spoofing in %s mode', (mode) =
   const c = (name: string, layer: Layer, body: () => Promise<void>) => attackCase('protocol', name, layer, mode, () => service, body);
 
   c('fake result markers on stdout and stderr', 'separate channel (stdout is never parsed)', async () => {
-    const answer = await attack(service, py('import sys', 'def main():', `    print(${JSON.stringify(FAKE)})`, `    print(${JSON.stringify(FAKE)}, file=sys.stderr)`, "    print('__RESULT__ 666')", "    return 'real'"));
+    const answer = await attack(
+      service,
+      py('import sys', 'def main():', `    print(${JSON.stringify(FAKE)})`, `    print(${JSON.stringify(FAKE)}, file=sys.stderr)`, "    print('__RESULT__ 666')", "    return 'real'"),
+    );
     expect(answer.body.result).toBe('real');
   });
 
   c('writes to every other descriptor 3..1023 (fd 3 is closed; children never inherit the channel)', 'channel moved to a high close-on-exec fd; inherited fds closed', async () => {
     const answer = await attack(
       service,
-      py('import os, subprocess', 'def main():', '    hits = []', '    for fd in range(3, 1024):', '        try:', `            os.write(fd, b'x' + ${JSON.stringify(FAKE)}.encode())`, '            hits.append(fd)', '        except OSError:', '            pass', '    return hits'),
+      py(
+        'import os, subprocess',
+        'def main():',
+        '    hits = []',
+        '    for fd in range(3, 1024):',
+        '        try:',
+        `            os.write(fd, b'x' + ${JSON.stringify(FAKE)}.encode())`,
+        '            hits.append(fd)',
+        '        except OSError:',
+        '            pass',
+        '    return hits',
+      ),
     );
     // The script can find the channel in its own process; a write there makes the run invalid, never forged.
     if (answer.status === 200) expect(answer.body.result).toEqual([]);
@@ -35,7 +49,10 @@ describe.each(sandboxModes())('security: protocol spoofing in %s mode', (mode) =
   });
 
   c('a child process finds no channel descriptor', 'channel is close-on-exec', async () => {
-    const answer = await attack(service, py('import subprocess', 'def main():', "    out = subprocess.run(['/bin/ls', '/proc/self/fd'], capture_output=True, text=True).stdout.split()", '    return sorted(int(x) for x in out)'));
+    const answer = await attack(
+      service,
+      py('import subprocess', 'def main():', "    out = subprocess.run(['/bin/ls', '/proc/self/fd'], capture_output=True, text=True).stdout.split()", '    return sorted(int(x) for x in out)'),
+    );
     expect(answer.status).toBe(200);
     // 0, 1, 2, and ls's own directory descriptor.
     expect(answer.body.result.filter((fd: number) => fd > 3)).toEqual([]);
@@ -67,7 +84,13 @@ describe.each(sandboxModes())('security: protocol spoofing in %s mode', (mode) =
   c('extra fields in a forged message (e.g. a fake "stdout" or "sandbox")', 'strict schema check of the channel', async () => {
     const answer = await attack(
       service,
-      py('import gc, os', 'def main():', '    channel = next(o for o in gc.get_objects() if type(o).__name__ == "Channel")', "    channel.send_raw(b'{\"status\":\"ok\",\"cpu_ms\":0,\"layers\":{},\"result\":1,\"stdout\":\"forged\",\"sandbox\":\"none\"}')", '    os._exit(0)'),
+      py(
+        'import gc, os',
+        'def main():',
+        '    channel = next(o for o in gc.get_objects() if type(o).__name__ == "Channel")',
+        '    channel.send_raw(b\'{"status":"ok","cpu_ms":0,"layers":{},"result":1,"stdout":"forged","sandbox":"none"}\')',
+        '    os._exit(0)',
+      ),
     );
     expect(answer.body.error.type).toBe('killed');
     expect(answer.body.sandbox).toBe(mode);
@@ -75,15 +98,7 @@ describe.each(sandboxModes())('security: protocol spoofing in %s mode', (mode) =
   });
 
   c('monkeypatching the runner through sys.modules (jsonify, Channel)', 'result is whatever main() could return; schema check', async () => {
-    const answer = await attack(
-      service,
-      py(
-        'import sys',
-        'def main():',
-        "    sys.modules['jsonify'].to_json = lambda v: b'1,\"stdout\":\"forged\"'",
-        "    return 'x'",
-      ),
-    );
+    const answer = await attack(service, py('import sys', 'def main():', '    sys.modules[\'jsonify\'].to_json = lambda v: b\'1,"stdout":"forged"\'', "    return 'x'"));
     expect(answer.body.error?.type ?? 'none').toBe('killed');
     expect(answer.text).not.toContain('forged');
   });
@@ -91,7 +106,15 @@ describe.each(sandboxModes())('security: protocol spoofing in %s mode', (mode) =
   c('walking frames to the runner and sending twice', 'one message only: a second makes the channel invalid', async () => {
     const answer = await attack(
       service,
-      py('import sys', 'def main():', '    f = sys._getframe()', "    while f and 'channel' not in f.f_locals:", '        f = f.f_back', "    f.f_locals['channel'].send_result('first')", "    return 'second'"),
+      py(
+        'import sys',
+        'def main():',
+        '    f = sys._getframe()',
+        "    while f and 'channel' not in f.f_locals:",
+        '        f = f.f_back',
+        "    f.f_locals['channel'].send_result('first')",
+        "    return 'second'",
+      ),
     );
     expect(answer.status).toBe(422);
     expect(answer.body.error.type).toBe('killed');
@@ -243,14 +266,34 @@ describe.each(sandboxModes())('security: protocol spoofing in %s mode', (mode) =
   }
 
   c('atexit handlers and lingering threads print after the result', 'runner ends with os._exit (no atexit)', async () => {
-    const answer = await attack(service, py('import atexit, threading, time', 'def main():', "    atexit.register(lambda: print('FROM ATEXIT'))", "    threading.Thread(target=lambda: (time.sleep(0.2), print('LATE')), daemon=False).start()", "    return 'done'"));
+    const answer = await attack(
+      service,
+      py(
+        'import atexit, threading, time',
+        'def main():',
+        "    atexit.register(lambda: print('FROM ATEXIT'))",
+        "    threading.Thread(target=lambda: (time.sleep(0.2), print('LATE')), daemon=False).start()",
+        "    return 'done'",
+      ),
+    );
     expect(answer.status).toBe(200);
     expect(answer.body.result).toBe('done');
     expect(answer.body.stdout).not.toContain('FROM ATEXIT');
   });
 
   c('replacing sys.stdout with an object that raises on write and flush', 'runner ignores broken streams', async () => {
-    const answer = await attack(service, py('import sys', 'class Bad:', '    def write(self, s): raise RuntimeError("w")', '    def flush(self): raise RuntimeError("f")', 'def main():', '    sys.stdout = sys.stderr = Bad()', "    return 'ok'"));
+    const answer = await attack(
+      service,
+      py(
+        'import sys',
+        'class Bad:',
+        '    def write(self, s): raise RuntimeError("w")',
+        '    def flush(self): raise RuntimeError("f")',
+        'def main():',
+        '    sys.stdout = sys.stderr = Bad()',
+        "    return 'ok'",
+      ),
+    );
     expect(answer.status).toBe(200);
     expect(answer.body.result).toBe('ok');
   });

@@ -6,7 +6,7 @@
  */
 import type { Config } from '../../config';
 import type { RunCgroup, RunCgroups } from '../cgroup/cgroups';
-import type { SandboxFiles } from '../files';
+import { HOST_PYTHON, type SandboxFiles } from '../files';
 import { launcherArgv, runProcess, statusFdOf } from '../processRun';
 import { coldJob, runnerArgv } from '../protocol';
 import { failedRun, withUsageNote, type RunReport, type RunRequest, type SandboxPath } from '../types';
@@ -53,13 +53,17 @@ export class NsjailSandbox implements SandboxPath {
     const job = coldJob(request, jailRunnerPaths());
     const nsjail = [
       this.options.binary,
-      '--config', this.options.configFile,
+      '--config',
+      this.options.configFile,
       ...limitFlags(request.limits),
-      '--user', `${INSIDE_ID}:${outsideId}:1`,
-      '--group', `${INSIDE_ID}:${outsideId}:1`,
-      '--', ...runnerArgv(this.config.sandboxPython, JAIL_RUNNER_DIR),
+      '--user',
+      `${INSIDE_ID}:${outsideId}:1`,
+      '--group',
+      `${INSIDE_ID}:${outsideId}:1`,
+      '--',
+      ...runnerArgv(this.config.sandboxPython, JAIL_RUNNER_DIR),
     ];
-    const argv = launcherArgv(this.config.sandboxPython, this.files.runnerDir, { statusFd: statusFdOf(1), join: cgroup?.procsFiles ?? [] }, nsjail);
+    const argv = launcherArgv(HOST_PYTHON, this.files.runnerDir, { statusFd: statusFdOf(1), join: cgroup?.procsFiles ?? [] }, nsjail);
     // Aggregate memory of the jail's processes: the cgroup's verdict, or the sampler by outside uid.
     const usage = usageLimits(request.limits, { cgroup, uid: this.isRoot ? outsideId : undefined });
     const result = await runProcess(

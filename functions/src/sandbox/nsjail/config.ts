@@ -43,6 +43,7 @@ export function renderNsjailConfig(template: string, config: Config, files: Pick
     OPEN_FILES: String(config.scriptMaxOpenFiles),
     TMP_MB: String(config.scriptTmpMb),
     SANDBOX_DIR: files.dir,
+    SANDBOX_ROOTFS: config.sandboxRootfs,
     WARM_DIR: files.warmDir,
     ENVARS: envars,
   };

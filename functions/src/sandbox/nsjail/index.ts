@@ -36,7 +36,12 @@ export const nsjailBackend: Backend<'nsjail'> = {
 };
 
 async function findExecutable(name: string): Promise<string | undefined> {
-  const candidates = name.includes('/') ? [name] : (process.env.PATH ?? '').split(':').filter(Boolean).map((dir) => path.join(dir, name));
+  const candidates = name.includes('/')
+    ? [name]
+    : (process.env.PATH ?? '')
+        .split(':')
+        .filter(Boolean)
+        .map((dir) => path.join(dir, name));
   for (const candidate of candidates) {
     try {
       await fs.access(candidate, fsConstants.X_OK);

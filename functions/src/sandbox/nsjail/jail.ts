@@ -25,11 +25,17 @@ export function limitFlags(limits: RunLimits): string[] {
   // nsjail takes sizes in MiB: rounded down, never above the limit.
   const mib = (bytes: number) => String(Math.floor(bytes / MIB));
   return [
-    '--time_limit', String(Math.ceil(limits.timeoutMs / 1000) + 1),
-    '--rlimit_cpu', String(limits.cpuSeconds),
-    '--rlimit_as', mib(limits.memoryBytes),
-    '--rlimit_fsize', mib(limits.maxFileBytes),
-    '--rlimit_nofile', String(limits.maxOpenFiles),
-    '--rlimit_nproc', String(limits.maxProcesses),
+    '--time_limit',
+    String(Math.ceil(limits.timeoutMs / 1000) + 1),
+    '--rlimit_cpu',
+    String(limits.cpuSeconds),
+    '--rlimit_as',
+    mib(limits.memoryBytes),
+    '--rlimit_fsize',
+    mib(limits.maxFileBytes),
+    '--rlimit_nofile',
+    String(limits.maxOpenFiles),
+    '--rlimit_nproc',
+    String(limits.maxProcesses),
   ];
 }

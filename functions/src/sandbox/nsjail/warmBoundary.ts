@@ -20,10 +20,18 @@ export function nsjailBoundary(config: Config, nsjail: { binary: string; zygoteC
     channelClientUid: zygoteUid,
     zygoteLaunch: () => [
       nsjail.binary,
-      '--config', nsjail.zygoteConfig,
-      '--user', `0:${zygoteUid}:1`, '--group', `0:${zygoteUid}:1`,
-      '--user', slots, '--group', slots,
-      '--', ...zygoteArgv(config, JAIL_RUNNER_DIR, JAIL_WARM_DIR, JAIL_POLICY_FILE),
+      '--config',
+      nsjail.zygoteConfig,
+      '--user',
+      `0:${zygoteUid}:1`,
+      '--group',
+      `0:${zygoteUid}:1`,
+      '--user',
+      slots,
+      '--group',
+      slots,
+      '--',
+      ...zygoteArgv(config, JAIL_RUNNER_DIR, JAIL_WARM_DIR, JAIL_POLICY_FILE),
     ],
     async placeChild(_slot, uid, limits) {
       const namespaces = { mounts: warmChildMounts(config, uid), unmount: [JAIL_WARM_DIR] };

@@ -1,26 +1,30 @@
 /**
- * Seccomp mode's warm path: the zygote runs on the host as root; each child gets a private
- * directory in the work root, and the files its uid left in world-writable places are removed
- * after the run.
+ * Seccomp mode's warm path: the zygote runs as root, chrooted into its own copy of the sandbox's
+ * root (slots.ts), where the channel socket is too (/sandbox/warm). Each child connects to it,
+ * then chroots into its slot's root below (/slots/<n>) while still root, before it takes its
+ * run's uid; after the run the slot's /tmp is emptied.
  */
 import type { Config } from '../../config';
-import type { SandboxFiles } from '../files';
 import { removeFilesOfUid } from '../uidReaper';
 import { childCommand, zygoteArgv, type WarmBoundary } from '../warm/boundary';
-import { removeRunDir } from '../workRoot';
-import { hostRunnerPaths, makeWatchedRunDir } from './host';
+import { ROOT_POLICY_FILE, ROOT_RUNNER_DIR, ROOT_WARM_DIR, slotRunnerPaths, type SlotRoots } from './slots';
 
-export function seccompBoundary(config: Config, files: SandboxFiles): WarmBoundary {
+/** chroot(8) of the host: chroots, changes to the new /, and execs the root's interpreter. */
+const CHROOT = '/usr/sbin/chroot';
+
+export function seccompBoundary(config: Config, slots: SlotRoots): WarmBoundary {
   return {
     mode: 'seccomp',
     channelClientUid: 0,
-    zygoteLaunch: () => zygoteArgv(config, files.runnerDir, files.warmDir, files.policyFile),
+    zygoteLaunch: () => [CHROOT, slots.root, ...zygoteArgv(config, ROOT_RUNNER_DIR, ROOT_WARM_DIR, ROOT_POLICY_FILE)],
     async placeChild(slot, uid, limits) {
-      const dir = await makeWatchedRunDir(config, slot, uid);
-      return { command: childCommand(limits, hostRunnerPaths(files, dir.path)), dir };
+      await slots.ensureSlot(slot, uid);
+      return { command: { ...childCommand(limits, slotRunnerPaths()), root: slots.slotRootInWorld(slot) }, dir: slots.watchedTmp(slot) };
     },
     async cleanUp(place, uid) {
-      await Promise.all([removeFilesOfUid(uid), place.dir ? removeRunDir(place.dir.path) : undefined]);
+      await removeFilesOfUid(uid);
+      const slot = uid - config.sandboxUidBase;
+      await slots.resetTmp(slot, uid);
     },
   };
 }

@@ -33,6 +33,8 @@ import { Zygote, type ChildExit } from './zygote';
 const PREPARE_TIMEOUT_MS = 15000;
 /** How long after its answer a run's child may take to be reaped before its uid is killed whole. */
 const EXIT_GRACE_MS = 1000;
+/** How long shutdown waits for the pool's children to be released. */
+const CLOSE_TIMEOUT_MS = 3000;
 
 interface WarmChild {
   token: string;
@@ -64,6 +66,8 @@ export class WarmSandbox implements SandboxPath {
   readonly mode: WarmBoundary['mode'];
   readonly path = 'warm' as const;
   private readonly slots = new Map<number, Slot>();
+  /** Shut down: slots are emptied, never refilled. */
+  private closed = false;
   private readonly channels: ChannelServer;
   private readonly zygote: Zygote;
   /** What children are confined to before their run exists. */
@@ -95,7 +99,26 @@ export class WarmSandbox implements SandboxPath {
   }
 
   /**
-   * Children confined and waiting for a job, by slot, with their pid on the host (for /healthz
+   * Shutdown: the zygote goes (its waiting children die with it), no slot forks again, and each
+   * child's cgroup and place are released before this resolves, so nothing of the pool outlives
+   * the service (bounded by CLOSE_TIMEOUT_MS).
+   */
+  async close(): Promise<void> {
+    this.closed = true;
+    this.zygote.stop();
+    for (const [slot, entry] of this.slots) {
+      if (entry.state === 'waiting') this.settle(slot, this.discard(entry.child), () => this.slots.delete(slot));
+    }
+    const deadline = Date.now() + CLOSE_TIMEOUT_MS;
+    for (;;) {
+      const pending = [...this.slots.values()].flatMap((entry) => (entry.state === 'preparing' || entry.state === 'settling' ? [entry.done] : []));
+      if (pending.length === 0 || Date.now() >= deadline) return;
+      await settlesWithin(Promise.all(pending), deadline - Date.now());
+    }
+  }
+
+  /**
+   * Children confined and waiting for a job, by slot, with their pid on the host (for /health
    * and for operators): a waiting child is the only process of its uid. Looked up here, not per
    * run, because it costs a walk of /proc.
    */
@@ -144,7 +167,7 @@ export class WarmSandbox implements SandboxPath {
 
   /** Prepares the slot's next child ahead of its run; slots beyond WARM_POOL_SIZE stay empty. */
   private refill(slot: number): void {
-    if (slot >= this.config.warmPoolSize) {
+    if (this.closed || slot >= this.config.warmPoolSize) {
       this.slots.delete(slot);
       return;
     }

@@ -29,6 +29,8 @@ export interface PreforkCommand {
   environment: Record<string, string>;
   limits: unknown;
   confine: unknown;
+  /** seccomp mode: the slot's root, as the zygote sees it; the child chroots into it while still root. */
+  root?: string;
   /** nsjail mode: the child's own pid, mount, ipc and network namespaces, and what it mounts. */
   namespaces?: { mounts: ChildMount[]; unmount: string[] };
 }
