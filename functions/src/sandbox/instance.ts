@@ -42,9 +42,8 @@ import * as path from 'path';
 import type { Config } from '../config';
 import type { Logger } from '../logging';
 import { holdLock, isHeld, type HeldLock } from './locks';
-import { removeTree } from './removeTree';
 import type { Finding } from './types';
-import { killAllOfUid, pidsByUid } from './uidReaper';
+import { killAllOfUid, pidsByUid, removeFilesOfUids } from './uidReaper';
 
 export interface UidRange {
   /** Run slot n's uid is base+n. */
@@ -68,7 +67,6 @@ const RESERVED_UIDS = [65534, 65535, 4294967294, 4294967295];
 const MAX_UID = 4294967293;
 /** An explicitly set range held by a predecessor killed a moment ago is free within this. */
 const EXPLICIT_WAIT_MS = 3000;
-const WORLD_WRITABLE = ['/tmp', '/var/tmp', '/dev/shm'];
 
 export function uidRange(base: number, runs: number): UidRange {
   return { base, first: base - 1, last: base + runs - 1 };
@@ -262,23 +260,6 @@ async function sweepRange(range: UidRange): Promise<{ processes: number; files: 
     processes += pids.length;
     await killAllOfUid(uid);
   }
-  let files = 0;
-  for (const place of WORLD_WRITABLE) {
-    let entries: string[];
-    try {
-      entries = readdirSync(place);
-    } catch {
-      continue;
-    }
-    for (const entry of entries) {
-      const full = path.join(place, entry);
-      try {
-        if (!uids.has(lstatSync(full).uid)) continue;
-        if ((await removeTree(full)).removed) files++;
-      } catch {
-        // gone meanwhile
-      }
-    }
-  }
+  const files = (await removeFilesOfUids(uids)).length;
   return { processes, files };
 }

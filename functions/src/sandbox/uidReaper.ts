@@ -101,7 +101,12 @@ function killAsUid(uid: number): Promise<void> {
 }
 
 /** Deletes entries the uid created at the top of /tmp, /var/tmp and /dev/shm. */
-export async function removeFilesOfUid(uid: number, places: string[] = WORLD_WRITABLE): Promise<string[]> {
+export function removeFilesOfUid(uid: number, places: string[] = WORLD_WRITABLE): Promise<string[]> {
+  return removeFilesOfUids(new Set([uid]), places);
+}
+
+/** Deletes entries any of the uids created at the top of /tmp, /var/tmp and /dev/shm. */
+export async function removeFilesOfUids(uids: ReadonlySet<number>, places: string[] = WORLD_WRITABLE): Promise<string[]> {
   const removed: string[] = [];
   for (const place of places) {
     let entries: string[];
@@ -113,7 +118,7 @@ export async function removeFilesOfUid(uid: number, places: string[] = WORLD_WRI
     for (const entry of entries) {
       const full = path.join(place, entry);
       try {
-        if (lstatSync(full).uid !== uid) continue;
+        if (!uids.has(lstatSync(full).uid)) continue;
         // Descriptor-relative (any depth, never through a symlink): a run may nest a tree far
         // deeper than a path can name, and whatever stayed would be the next run's of this uid.
         if ((await removeTree(full)).removed) removed.push(full);
