@@ -8,23 +8,14 @@
 import { existsSync, promises as fs } from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { execute, py, request, sandboxModes, startService, type RunningService } from './helpers/service';
+import { AS_PID_1, execute, nodePidOf, py, request, sandboxModes, startService, type RunningService } from './helpers/service';
 
-/** A pid namespace of its own, /proc to match; killed with its unshare. */
-const OWN_PID_NAMESPACE = ['unshare', '--pid', '--fork', '--mount-proc', '--kill-child'];
 /** Unset: the service's own default (an empty value counts as unset). */
 const DEFAULT_UID_BASE = { SANDBOX_UID_BASE: '' };
 
-/** The service's Node process: unshare's child (unshare ignores SIGTERM while it waits). */
-async function innerPid(service: RunningService): Promise<number> {
-  const pid = service.process.pid!;
-  const children = (await fs.readFile(`/proc/${pid}/task/${pid}/children`, 'utf8')).trim().split(/\s+/);
-  return Number(children[0]);
-}
-
 /** SIGTERM to the service itself, as a container runtime would send it: a graceful stop. */
 async function stopGracefully(service: RunningService): Promise<void> {
-  if (service.process.exitCode === null) process.kill(await innerPid(service), 'SIGTERM');
+  if (service.process.exitCode === null) process.kill(await nodePidOf(service), 'SIGTERM');
   await service.exited;
   await service.stop();
 }
@@ -67,14 +58,14 @@ describe.each(sandboxModes())('two instances with default settings on one host, 
 
   test("both serve concurrent runs correctly, neither removes the other's files, and their uid ranges differ", async () => {
     const env = { SANDBOX_WORK_ROOT: workRoot, ...DEFAULT_UID_BASE };
-    const a = await startService(env, mode, OWN_PID_NAMESPACE);
+    const a = await startService(env, mode, AS_PID_1);
     services.push(a);
     // The second starts while the first lives: its start-up clean-up runs over the first's files.
-    const b = await startService(env, mode, OWN_PID_NAMESPACE);
+    const b = await startService(env, mode, AS_PID_1);
     services.push(b);
     // Both are PID 1 of their namespaces: nothing that names their files by pid can tell them apart.
-    expect(await fs.readFile(`/proc/${await innerPid(a)}/status`, 'utf8')).toMatch(/^NSpid:\s+\d+\s+1$/m);
-    expect(await fs.readFile(`/proc/${await innerPid(b)}/status`, 'utf8')).toMatch(/^NSpid:\s+\d+\s+1$/m);
+    expect(await fs.readFile(`/proc/${await nodePidOf(a)}/status`, 'utf8')).toMatch(/^NSpid:\s+\d+\s+1$/m);
+    expect(await fs.readFile(`/proc/${await nodePidOf(b)}/status`, 'utf8')).toMatch(/^NSpid:\s+\d+\s+1$/m);
 
     // Read now (checked below): the second is stopped before the checks.
     const [foundA, foundB] = [await capabilities(a), await capabilities(b)];
@@ -123,7 +114,7 @@ describe.each(sandboxModes())('two instances with default settings on one host, 
     ).toEqual([ida.base, idb.base].sort((x, y) => x - y));
 
     // A third starts while the first lives: it may take the freed range, never the first's.
-    const c = await startService(env, mode, OWN_PID_NAMESPACE);
+    const c = await startService(env, mode, AS_PID_1);
     services.push(c);
     const idc = identity(await capabilities(c));
     expect(idc.last < ida.first || ida.last < idc.first).toBe(true);

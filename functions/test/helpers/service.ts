@@ -3,7 +3,7 @@
  * port, with real Python in a real sandbox, and talks to it over real HTTP.
  */
 import { spawn, type ChildProcess } from 'child_process';
-import { accessSync, constants, mkdtempSync, rmSync, statSync } from 'fs';
+import { accessSync, constants, promises as fsPromises, mkdtempSync, rmSync, statSync } from 'fs';
 import * as net from 'net';
 import * as os from 'os';
 import * as path from 'path';
@@ -67,6 +67,31 @@ export function sandboxModes(): string[] {
     return ['seccomp'];
   }
   return ['seccomp', 'nsjail'];
+}
+
+/** A start-up prefix: the service is PID 1 of a pid namespace of its own (a container without an init), /proc to match; killed with its unshare. */
+export const AS_PID_1 = ['unshare', '--pid', '--fork', '--mount-proc', '--kill-child'];
+
+/** The Node process of a service started with AS_PID_1: unshare's only child. */
+export async function nodePidOf(service: RunningService): Promise<number> {
+  const pid = service.process.pid!;
+  return Number((await fsPromises.readFile(`/proc/${pid}/task/${pid}/children`, 'utf8')).trim().split(/\s+/)[0]);
+}
+
+/** Zombies whose parent is the given process (nobody reaped them). */
+export async function zombiesOf(parent: number): Promise<number[]> {
+  const zombies: number[] = [];
+  for (const entry of await fsPromises.readdir('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = await fsPromises.readFile(`/proc/${entry}/stat`, 'utf8');
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      if (fields[0] === 'Z' && Number(fields[1]) === parent) zombies.push(Number(entry));
+    } catch {
+      // gone
+    }
+  }
+  return zombies;
 }
 
 /** The "unprivileged" jest project: every test service runs as in `docker run` without --privileged. */

@@ -13,8 +13,7 @@
  *    run's orphans lose their subreaper (a service that is PID 1 keeps them as zombies, which
  *    count against the slot uid's RLIMIT_NPROC for every later run of the slot).
  */
-import { promises as fs } from 'fs';
-import { pathUnderTest, sandboxModes } from '../helpers/service';
+import { AS_PID_1, nodePidOf, pathUnderTest, sandboxModes, zombiesOf } from '../helpers/service';
 import { attack, attackCase, execute, processesOfUids, py, startService, uidBase, waitFor, type RunningService } from './helpers';
 
 const MEMORY_MB = 256;
@@ -166,34 +165,18 @@ describe.each(sandboxModes())('security: break-it, runs ended by a real-time sig
   beforeAll(async () => {
     // One slot, so every run uses the same uid; the service is PID 1 of its pid namespace (a
     // container without an init), so it is what orphans fall back to when no subreaper is left.
-    service = await startService({ MAX_CONCURRENT_RUNS: '1', SANDBOX_UID_BASE: String(uidBase()) }, mode, ['unshare', '--pid', '--fork', '--mount-proc', '--kill-child']);
-    const children = (await fs.readFile(`/proc/${service.process.pid}/task/${service.process.pid}/children`, 'utf8')).trim().split(/\s+/);
-    nodePid = Number(children[0]);
+    service = await startService({ MAX_CONCURRENT_RUNS: '1', SANDBOX_UID_BASE: String(uidBase()) }, mode, AS_PID_1);
+    nodePid = await nodePidOf(service);
   });
   afterAll(async () => {
     await service?.stop();
   });
 
-  async function zombiesOfService(): Promise<number[]> {
-    const zombies: number[] = [];
-    for (const entry of await fs.readdir('/proc')) {
-      if (!/^\d+$/.test(entry)) continue;
-      try {
-        const stat = await fs.readFile(`/proc/${entry}/stat`, 'utf8');
-        const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-        if (fields[0] === 'Z' && Number(fields[1]) === nodePid) zombies.push(Number(entry));
-      } catch {
-        // gone
-      }
-    }
-    return zombies;
-  }
-
   test(`breakit: orphans of runs ended by a real-time signal are reaped and the slot keeps its processes (${pathUnderTest()} path) [launcher / zygote subreaper]`, async () => {
     // How each is reported is the case above; here only what they leave behind matters.
     for (let i = 0; i < 5; i++) await execute(service, REALTIME_SIGNAL_SUICIDE);
-    await waitFor(async () => (await zombiesOfService()).length === 0, 3000);
-    expect(await zombiesOfService()).toEqual([]);
+    await waitFor(async () => (await zombiesOf(nodePid)).length === 0, 3000);
+    expect(await zombiesOf(nodePid)).toEqual([]);
     const answer = await execute(
       service,
       py(

@@ -6,7 +6,7 @@
  * (SANDBOX_CGROUPS=off: the usage sampler), in every mode, on the jest project's path.
  */
 import { promises as fs } from 'fs';
-import { pathUnderTest, sandboxModes } from '../helpers/service';
+import { AS_PID_1, nodePidOf, pathUnderTest, sandboxModes, zombiesOf } from '../helpers/service';
 import { attack, attackCase, execute, processesOfUids, py, startService, TRY, uidBase, waitFor, type Layer, type RunningService } from './helpers';
 
 const MEMORY_MB = 256;
@@ -318,29 +318,12 @@ describe.each(sandboxModes())('security: orphans of runs are reaped when the ser
   beforeAll(async () => {
     // A container without an init: the service is PID 1 of its pid namespace, and Node reaps
     // only the children it spawned itself.
-    service = await startService({ SANDBOX_UID_BASE: String(uidBase()) }, mode, ['unshare', '--pid', '--fork', '--mount-proc', '--kill-child']);
-    const children = (await fs.readFile(`/proc/${service.process.pid}/task/${service.process.pid}/children`, 'utf8')).trim().split(/\s+/);
-    nodePid = Number(children[0]);
+    service = await startService({ SANDBOX_UID_BASE: String(uidBase()) }, mode, AS_PID_1);
+    nodePid = await nodePidOf(service);
   });
   afterAll(async () => {
     await service?.stop();
   });
-
-  /** Zombies whose parent is the service's Node process. */
-  async function zombiesOfService(): Promise<number[]> {
-    const zombies: number[] = [];
-    for (const entry of await fs.readdir('/proc')) {
-      if (!/^\d+$/.test(entry)) continue;
-      try {
-        const stat = await fs.readFile(`/proc/${entry}/stat`, 'utf8');
-        const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-        if (fields[0] === 'Z' && Number(fields[1]) === nodePid) zombies.push(Number(entry));
-      } catch {
-        // gone
-      }
-    }
-    return zombies;
-  }
 
   test(`daemons a run leaves behind are killed and reaped (${pathUnderTest()} path)`, async () => {
     const daemonize = py(
@@ -360,7 +343,7 @@ describe.each(sandboxModes())('security: orphans of runs are reaped when the ser
       expect(answer.status).toBe(200);
     }
     // Reaping happens as the run's leftovers are killed; give it a moment, then none may remain.
-    await waitFor(async () => (await zombiesOfService()).length === 0, 3000);
-    expect(await zombiesOfService()).toEqual([]);
+    await waitFor(async () => (await zombiesOf(nodePid)).length === 0, 3000);
+    expect(await zombiesOf(nodePid)).toEqual([]);
   }, 60000);
 });
