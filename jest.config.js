@@ -29,7 +29,13 @@ module.exports = {
       ...common,
       displayName: 'warm',
       setupFiles: ['<rootDir>/functions/test/setup/warm.js'],
-      testMatch: ['<rootDir>/functions/test/execute.test.ts', '<rootDir>/functions/test/operations.test.ts', '<rootDir>/functions/test/warm.test.ts', '<rootDir>/functions/test/security/**/*.test.ts'],
+      testMatch: [
+        '<rootDir>/functions/test/execute.test.ts',
+        '<rootDir>/functions/test/files.test.ts',
+        '<rootDir>/functions/test/operations.test.ts',
+        '<rootDir>/functions/test/warm.test.ts',
+        '<rootDir>/functions/test/security/**/*.test.ts',
+      ],
     },
   ],
 };

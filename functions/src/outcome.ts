@@ -3,6 +3,7 @@
  * The result channel is the only source of `result`; stdout is never parsed.
  */
 import { ERROR_TYPES, type ErrorType } from './errors';
+import { MIB, publicLimits, type RunLimits } from './sandbox/limits';
 import type { RunReport } from './sandbox/types';
 
 export interface Outcome {
@@ -15,8 +16,8 @@ export interface Outcome {
 export interface RunContext {
   requestId: string;
   queueMs: number;
-  timeoutMs: number;
-  memoryMb: number;
+  /** The limits the run had: echoed, and named in limit errors. */
+  limits: RunLimits;
   /** Why the run was aborted, when it was: the client left, or the instance is shutting down. */
   abortReason?: 'client_closed' | 'shutdown';
 }
@@ -28,8 +29,9 @@ export function interpret(report: RunReport, context: RunContext): Outcome {
   const run = {
     stdout: report.stdout.text,
     stderr: report.stderr.text,
-    truncated: { stdout: report.stdout.truncated, stderr: report.stderr.truncated },
+    truncated: { stdout: report.stdout.truncated, stderr: report.stderr.truncated, files: false },
     timing: { wall_ms: round(report.wallMs), cpu_ms: cpuMs, queue_ms: round(context.queueMs) },
+    limits: publicLimits(context.limits),
     sandbox: report.mode,
     request_id: context.requestId,
   };
@@ -56,25 +58,34 @@ export function interpret(report: RunReport, context: RunContext): Outcome {
   if (report.channel.kind === 'message') {
     const message = report.channel.message;
     if (message.status === 'ok') {
-      return { status: 200, type: 'success', body: { result: message.result, ...run } };
+      const files = { files: message.files ?? [], skipped: message.skipped ?? [] };
+      return { status: 200, type: 'success', body: { result: message.result, ...files, ...run, truncated: { ...run.truncated, files: message.files_truncated ?? false } } };
     }
     const { type, message: text, ...details } = message.error;
     if (type === 'sandbox_error') {
       return { status: 503, type: 'sandbox_unavailable', body: { error: { type: 'sandbox_unavailable', message: text }, request_id: context.requestId } };
     }
+    // The runner could not write the request's files, before any user code (protocol.ts). They
+    // passed validation, so a full disk is the instance's trouble; anything else names the files.
+    if (type === 'input_files') {
+      if (details.errno === 'ENOSPC' || details.errno === 'EDQUOT') {
+        return { status: 503, type: 'sandbox_unavailable', body: { error: { type: 'sandbox_unavailable', message: `the run's disk is full: ${text}` }, request_id: context.requestId } };
+      }
+      return fail('invalid_request', text, { field: 'files' });
+    }
     return fail(type, text, details);
   }
   if (report.timedOut) {
-    return fail('timeout', `the script did not finish within its time limit of ${context.timeoutMs} ms`);
+    return fail('timeout', `the script did not finish within its time limit of ${context.limits.timeoutMs} ms`);
   }
   if (report.signal === 'SIGXCPU') {
-    return fail('timeout', `the script used up its CPU time limit of ${Math.ceil(context.timeoutMs / 1000)} s`);
+    return fail('timeout', `the script used up its CPU time limit of ${context.limits.cpuSeconds} s`);
   }
   if (report.channel.kind === 'oversize') {
     return fail('result_too_large', 'the result channel carried more than the result size limit');
   }
   if (report.signal && MEMORY_SIGNS.test(report.stderr.text)) {
-    return fail('memory_limit', `the script exceeded its memory limit of ${context.memoryMb} MiB (ended by ${report.signal})`, { signal: report.signal });
+    return fail('memory_limit', `the script exceeded its memory limit of ${context.limits.memoryBytes / MIB} MiB (ended by ${report.signal})`, { signal: report.signal });
   }
   if (report.channel.kind === 'invalid') {
     return fail('killed', 'the run ended without a valid result: the script wrote to the result channel itself');

@@ -14,6 +14,12 @@ import { SANDBOX_MODES } from './sandbox/backends';
  */
 export const ARGS_MAX_DEPTH = 64;
 
+/** The least a request may ask for: below these an interpreter does not start reliably. */
+export const MIN_TIMEOUT_MS = 100;
+export const MIN_MEMORY_MB = 64;
+/** An input file's path, in characters. */
+export const INPUT_PATH_MAX_CHARS = 1024;
+
 export const executeRequestSchema = {
   $id: 'ExecuteRequest',
   type: 'object',
@@ -29,12 +35,44 @@ export const executeRequestSchema = {
       type: 'object',
       description: `Keyword arguments: main(**args). Any JSON values, nested at most ${ARGS_MAX_DEPTH} levels deep (arrays and objects count; args itself is level 1); deeper is invalid_request.`,
     },
+    limits: {
+      type: 'object',
+      additionalProperties: false,
+      description:
+        "This run's limits, each at most the instance's (SCRIPT_TIMEOUT_MS, SCRIPT_MEMORY_MB), which are also the defaults; above it is invalid_request naming the field and the maximum. The limits that applied are echoed in the answer.",
+      properties: {
+        timeout_ms: { type: 'integer', minimum: MIN_TIMEOUT_MS, description: 'Wall-clock limit; CPU time is limited to the same seconds, rounded up.' },
+        memory_mb: { type: 'integer', minimum: MIN_MEMORY_MB, description: "Memory of the whole run (its cgroup where the host has one) and each process's address space." },
+      },
+    },
+    files: {
+      type: 'array',
+      description:
+        'Files written under the run\'s working directory before the script starts (directories made as needed). Paths are relative and normalised: no empty, "." or ".." components, no leading or trailing "/", no control characters, not under "out/" (where output files go), no duplicates, no file that is also another\'s directory. Count and size are capped (INPUT_FILES_MAX, INPUT_FILES_MAX_BYTES, SCRIPT_MAX_FILE_MB each, SCRIPT_TMP_MB together).',
+      items: {
+        type: 'object',
+        additionalProperties: false,
+        required: ['path'],
+        // Exactly one of the two (each branch names its property: ajv's strict mode wants that).
+        oneOf: [
+          { required: ['content'], properties: { content: { type: 'string' } } },
+          { required: ['content_base64'], properties: { content_base64: { type: 'string' } } },
+        ],
+        properties: {
+          path: { type: 'string', minLength: 1, maxLength: INPUT_PATH_MAX_CHARS },
+          content: { type: 'string', description: 'Text, written UTF-8 encoded.' },
+          content_base64: { type: 'string', description: 'Bytes, in standard base64 (RFC 4648 section 4, padded).' },
+        },
+      },
+    },
   },
 } as const;
 
 export interface ExecuteRequest {
   script: string;
   args?: Record<string, unknown>;
+  limits?: { timeout_ms?: number; memory_mb?: number };
+  files?: Array<{ path: string; content?: string; content_base64?: string }>;
 }
 
 const nullableInt = { type: ['integer', 'null'] };
@@ -45,8 +83,19 @@ const runFields = {
   truncated: {
     type: 'object',
     additionalProperties: false,
-    required: ['stdout', 'stderr'],
-    properties: { stdout: { type: 'boolean' }, stderr: { type: 'boolean' } },
+    required: ['stdout', 'stderr', 'files'],
+    properties: {
+      stdout: { type: 'boolean' },
+      stderr: { type: 'boolean' },
+      files: { type: 'boolean', description: 'Some output files were left out (OUTPUT_FILES_MAX, OUTPUT_FILES_MAX_BYTES, or more than 10000 entries under out/).' },
+    },
+  },
+  limits: {
+    type: 'object',
+    additionalProperties: false,
+    required: ['timeout_ms', 'memory_mb'],
+    description: 'The limits that applied to this run.',
+    properties: { timeout_ms: { type: 'integer' }, memory_mb: { type: 'integer' } },
   },
   timing: {
     type: 'object',
@@ -66,8 +115,32 @@ export const executeSuccessSchema = {
   $id: 'ExecuteSuccess',
   type: 'object',
   additionalProperties: false,
-  required: ['result', 'stdout', 'stderr', 'truncated', 'timing', 'sandbox', 'request_id'],
-  properties: { result: { description: "main()'s return value as JSON." }, ...runFields },
+  required: ['result', 'files', 'skipped', 'stdout', 'stderr', 'truncated', 'timing', 'limits', 'sandbox', 'request_id'],
+  properties: {
+    result: { description: "main()'s return value as JSON." },
+    files: {
+      type: 'array',
+      description: 'The regular files the script left under out/ in its working directory, sorted by path, with their bytes in base64.',
+      items: {
+        type: 'object',
+        additionalProperties: false,
+        required: ['path', 'size', 'content_base64'],
+        properties: { path: { type: 'string' }, size: { type: 'integer' }, content_base64: { type: 'string' } },
+      },
+    },
+    skipped: {
+      type: 'array',
+      description:
+        'Entries under out/ that were not returned, and why: symlink, fifo, socket, device, other, name_not_utf8, name_not_printable (a control character), path_too_long, too_deep, changed, unreadable, error (at most 100 listed).',
+      items: {
+        type: 'object',
+        additionalProperties: false,
+        required: ['path', 'reason'],
+        properties: { path: { type: 'string' }, reason: { type: 'string' } },
+      },
+    },
+    ...runFields,
+  },
 } as const;
 
 export const errorSchema = {

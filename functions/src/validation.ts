@@ -1,9 +1,12 @@
 /** ajv validators compiled once from schemas.ts, with error messages that name the field. */
 import Ajv, { type ErrorObject, type ValidateFunction } from 'ajv';
+import type { Config } from './config';
 import { ApiError } from './errors';
+import { checkInputFiles, type InputFileCaps } from './inputFiles';
 import { ARGS_MAX_DEPTH, executeRequestSchema, type ExecuteRequest } from './schemas';
 
-const ajv = new Ajv({ allErrors: false, strict: true, allowUnionTypes: true });
+// verbose: each error carries its schema, so an unknown field's message can list the known ones.
+const ajv = new Ajv({ allErrors: false, strict: true, allowUnionTypes: true, verbose: true });
 
 const validateRequest: ValidateFunction<ExecuteRequest> = ajv.compile<ExecuteRequest>(executeRequestSchema);
 
@@ -25,12 +28,52 @@ const validateRequest: ValidateFunction<ExecuteRequest> = ajv.compile<ExecuteReq
  * - Size (huge strings, many keys, long arrays) is bounded by REQUEST_MAX_BYTES before parsing; the
  *   walk and JSON.stringify are linear in it, without recursion.
  */
-export function parseExecuteRequest(body: unknown): ExecuteRequest {
+export function parseExecuteRequest(body: unknown, bounds: RequestBounds): ExecuteRequest {
   if (isPlainObject(body) && Object.prototype.hasOwnProperty.call(body, 'args') && nestsDeeperThan(body.args, ARGS_MAX_DEPTH)) {
     throw new ApiError('invalid_request', `"args" nests deeper than ${ARGS_MAX_DEPTH} levels (arrays and objects count; "args" itself is level 1)`, { field: 'args' });
   }
-  if (validateRequest(body)) return body;
-  throw new ApiError('invalid_request', describe(validateRequest.errors?.[0]), { field: fieldOf(validateRequest.errors?.[0]) });
+  if (!validateRequest(body)) {
+    const error = firstError(validateRequest.errors ?? []);
+    throw new ApiError('invalid_request', describe(error), { field: fieldOf(error) });
+  }
+  checkLimits(body.limits ?? {}, bounds);
+  checkInputFiles(body.files ?? [], bounds.files);
+  return body;
+}
+
+/** What a request may ask for on this instance: the configured maxima. */
+export interface RequestBounds {
+  /** SCRIPT_TIMEOUT_MS. */
+  timeoutMs: number;
+  /** SCRIPT_MEMORY_MB. */
+  memoryMb: number;
+  files: InputFileCaps;
+}
+
+export function requestBounds(config: Config): RequestBounds {
+  const mib = 1024 * 1024;
+  return {
+    timeoutMs: config.scriptTimeoutMs,
+    memoryMb: config.scriptMemoryMb,
+    files: { count: config.inputFilesMax, totalBytes: config.inputFilesMaxBytes, fileBytes: config.scriptMaxFileMb * mib, diskBytes: config.scriptTmpMb * mib },
+  };
+}
+
+function checkLimits(limits: NonNullable<ExecuteRequest['limits']>, bounds: RequestBounds): void {
+  const maxima = [
+    { field: 'timeout_ms', asked: limits.timeout_ms, max: bounds.timeoutMs, setting: 'SCRIPT_TIMEOUT_MS' },
+    { field: 'memory_mb', asked: limits.memory_mb, max: bounds.memoryMb, setting: 'SCRIPT_MEMORY_MB' },
+  ];
+  for (const { field, asked, max, setting } of maxima) {
+    if (asked !== undefined && asked > max) {
+      throw new ApiError('invalid_request', `"limits.${field}" is ${asked}; the most this instance allows is ${max} (${setting})`, { field: `limits.${field}`, limit: max });
+    }
+  }
+}
+
+/** The error to report: a failed oneOf (a file with both or neither content field) says more than the branch errors ajv lists before it. */
+function firstError(errors: ErrorObject[]): ErrorObject | undefined {
+  return errors.find((error) => error.keyword === 'oneOf') ?? errors[0];
 }
 
 /**
@@ -82,7 +125,9 @@ function describe(error: ErrorObject | undefined): string {
     case 'required':
       return `"${field}" is required`;
     case 'additionalProperties':
-      return `unknown field "${field}" (allowed: script, args)`;
+      return `unknown field "${field}" (allowed: ${Object.keys((error.parentSchema as { properties?: object } | undefined)?.properties ?? {}).join(', ')})`;
+    case 'oneOf':
+      return `"${field}" must have exactly one of "content" (text) or "content_base64" (bytes)`;
     case 'type':
       return field ? `"${field}" must be ${article(String(error.params.type))}` : `the request body must be a JSON object`;
     case 'minLength':

@@ -139,15 +139,50 @@ describe('with a sandbox', () => {
     expect(answer.status).toBe(200);
     expect(answer.body).toEqual({
       result: { n: 3 },
+      files: [],
+      skipped: [],
       stdout: 'hi\n',
       stderr: '',
-      truncated: { stdout: false, stderr: false },
+      truncated: { stdout: false, stderr: false, files: false },
       timing: { wall_ms: 4.2, cpu_ms: 3, queue_ms: expect.any(Number) },
+      limits: { timeout_ms: 10000, memory_mb: 512 },
       sandbox: 'seccomp',
       request_id: answer.headers.get('x-request-id'),
     });
     expect(sandbox.requests).toHaveLength(1);
-    expect(sandbox.requests[0]).toMatchObject({ script: 'def main(k):\n    return {"n": 3}', args: { k: 1 }, slot: 0 });
+    expect(sandbox.requests[0]).toMatchObject({ script: 'def main(k):\n    return {"n": 3}', args: { k: 1 }, slot: 0, files: [], limits: {} });
+  });
+
+  test('files and limits travel to the sandbox as asked; output files and the applied limits come back', async () => {
+    const files = [{ path: 'in.csv', content: 'a\n1\n' }];
+    const out = [{ path: 'out/x.csv', size: 2, content_base64: 'YQo=' }];
+    sandbox.answer = async () => finished({ status: 'ok', cpu_ms: 1, layers: {}, result: 1, files: out, skipped: [{ path: 'out/l', reason: 'symlink' }], files_truncated: true });
+    const answer = await post(`${served.url}/execute`, JSON.stringify({ script: 'def main():\n    pass', files, limits: { timeout_ms: 500, memory_mb: 100 } }));
+    expect(answer.status).toBe(200);
+    expect(answer.body).toMatchObject({ files: out, skipped: [{ path: 'out/l', reason: 'symlink' }], truncated: { files: true }, limits: { timeout_ms: 500, memory_mb: 100 } });
+    expect(sandbox.requests[0]).toMatchObject({ files, limits: { timeoutMs: 500, memoryMb: 100 } });
+  });
+
+  test('input files the runner could not write: 400 invalid_request on "files"', async () => {
+    sandbox.answer = async () => finished({ status: 'error', cpu_ms: 1, layers: {}, error: { type: 'input_files', message: 'could not write input file a.bin: File too large' } });
+    const answer = await post(`${served.url}/execute`, JSON.stringify({ script: 'def main():\n    pass', files: [{ path: 'a.bin', content: 'x' }] }));
+    expectError(answer, 400, 'invalid_request');
+    expect(answer.body.error).toEqual({ type: 'invalid_request', message: 'could not write input file a.bin: File too large', field: 'files' });
+    sandbox.answer = async () =>
+      finished({ status: 'error', cpu_ms: 1, layers: {}, error: { type: 'input_files', message: 'could not create the output directory out: No space left on device', errno: 'ENOSPC' } });
+    const full = await post(`${served.url}/execute`, JSON.stringify({ script: 'def main():\n    pass' }));
+    expectError(full, 503, 'sandbox_unavailable');
+    expect(full.body.error.message).toBe("the run's disk is full: could not create the output directory out: No space left on device");
+  });
+
+  test('limits above the maximum, and unsafe file paths: 400 before any run', async () => {
+    const over = await post(`${served.url}/execute`, JSON.stringify({ script: 'x', limits: { memory_mb: 100000 } }));
+    expectError(over, 400, 'invalid_request');
+    expect(over.body.error).toMatchObject({ field: 'limits.memory_mb', limit: 512 });
+    const escape = await post(`${served.url}/execute`, JSON.stringify({ script: 'x', files: [{ path: '../x', content: '' }] }));
+    expectError(escape, 400, 'invalid_request');
+    expect(escape.body.error.field).toBe('files.0.path');
+    expect(sandbox.requests).toEqual([]);
   });
 
   test('422 runtime_error carries the exception, the line and the traceback', async () => {

@@ -20,7 +20,7 @@ describe.each(sandboxModes())('POST /execute in %s mode', (mode) => {
       expect(answer.body.result).toEqual({ n: 3, xs: [1, 2.5, 'a', null, true], t: [1, 2] });
       expect(answer.body.stdout).toBe('hi\n');
       expect(answer.body.stderr).toBe('');
-      expect(answer.body.truncated).toEqual({ stdout: false, stderr: false });
+      expect(answer.body.truncated).toEqual({ stdout: false, stderr: false, files: false });
       expect(answer.body.sandbox).toBe(mode);
       expect(answer.body.timing.wall_ms).toBeGreaterThan(0);
       expect(answer.body.timing.cpu_ms).toBeGreaterThanOrEqual(0);
@@ -260,7 +260,7 @@ describe.each(sandboxModes())('POST /execute in %s mode', (mode) => {
       expect(answer.body.result).toBe('done');
       expect(answer.body.stdout).toBe('x'.repeat(65536));
       expect(answer.body.stderr.length).toBe(65536);
-      expect(answer.body.truncated).toEqual({ stdout: true, stderr: true });
+      expect(answer.body.truncated).toEqual({ stdout: true, stderr: true, files: false });
     });
 
     test('invalid UTF-8 output is replaced, not fatal', async () => {

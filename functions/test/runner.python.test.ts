@@ -1,25 +1,56 @@
 /**
  * The runner's own Python: its unit tests (sandbox-image/runner/tests, standard-library unittest;
- * no sandbox, no root), and the agreement between what it fits its messages to (MESSAGE_LIMITS,
+ * no sandbox), and the agreement between what it fits its messages to (MESSAGE_LIMITS,
  * CHANNEL_ENVELOPE_BYTES in runner.py) and what the service accepts (runnerMessageSchema and
  * CHANNEL_ENVELOPE_BYTES in sandbox/protocol.ts). A message over any limit reads as an invalid
  * channel: the run would be reported as `killed` whatever the script really did.
+ *
+ * All of it runs on the interpreter the runner really runs on: the sandbox root's (SANDBOX_ROOTFS,
+ * Python 3.13), inside that root. The root's python3 cannot simply be run from the host: it needs
+ * the root's glibc (the host's is older), and even through the root's own ld.so its libraries
+ * would resolve absolute links (Debian's /etc/alternatives, so BLAS) to the host's files. So, as
+ * rootfs.test.ts does: a private mount namespace with a fresh tmpfs on the root's /tmp (the root
+ * itself is never written), a copy of sandbox-image's runner and seccomp policy there, and chroot
+ * into the root as nobody (as a run is: unprivileged), with an empty environment but for PATH,
+ * HOME, TMPDIR and LANG, in /tmp, so that the relative paths below are the same as in the
+ * checkout. Without a built root, or without root privileges (chroot, mount), the host's
+ * /usr/bin/python3 (3.11) runs them instead, after one loud notice.
  */
 import { spawnSync } from 'child_process';
-import { CHANNEL_ENVELOPE_BYTES, CONFINED_MARKER, readChannel, runnerMessageSchema } from '../src/sandbox/protocol';
+import * as fs from 'fs';
+import * as path from 'path';
+import type { RunLimits } from '../src/sandbox/limits';
+import { CHANNEL_ENVELOPE_BYTES, CONFINED_MARKER, OUTPUT_PATH_MAX_CHARS, SKIPPED_MAX, channelMaxBytes, readChannel, runnerMessageSchema } from '../src/sandbox/protocol';
 import { REPO } from './helpers/service';
 
-const PYTHON = process.env.SANDBOX_PYTHON || '/usr/bin/python3';
+const ROOTFS = process.env.SANDBOX_ROOTFS || '/var/cache/pyexec-rootfs/current/root';
+const ROOT_PYTHON = process.env.SANDBOX_PYTHON || '/usr/bin/python3'; // its path inside ROOTFS, as the service's setting
+const HOST_PYTHON = '/usr/bin/python3';
+const NOBODY = 65534;
+const rootBuilt = fs.existsSync(path.join(ROOTFS, ROOT_PYTHON));
+const inRoot = rootBuilt && process.getuid?.() === 0;
+if (!inRoot) {
+  const why = rootBuilt ? 'running them inside it needs root (mount, chroot)' : `there is no sandbox root at ${ROOTFS} (scripts/setup.sh --test builds it)`;
+  process.stderr.write(`\n*** The runner's Python tests run on the HOST's ${HOST_PYTHON}, not the sandbox root's: ${why}. ***\n\n`);
+}
+
+/** $1 the root, $2 sandbox-image, $3 the interpreter inside the root; then its arguments. */
+const IN_ROOT =
+  'mount -t tmpfs -o size=256m,mode=1777 tmpfs "$1/tmp" && mkdir "$1/tmp/sandbox-image" && cp -R "$2/runner" "$2/seccomp-policy.json" "$1/tmp/sandbox-image/" && ' +
+  `root="$1" python="$3" && shift 3 && exec chroot --userspec=${NOBODY}:${NOBODY} "$root" /usr/bin/env -i -C /tmp PATH=/usr/bin:/bin HOME=/tmp TMPDIR=/tmp LANG=C.UTF-8 "$python" -B "$@"`;
 
 function python(args: string[], input?: string): { status: number | null; output: string; stdout: string } {
-  const result = spawnSync(PYTHON, ['-B', ...args], {
+  const [command, argv] = inRoot
+    ? ['unshare', ['--mount', '--propagation', 'private', 'sh', '-c', IN_ROOT, 'sh', ROOTFS, path.join(REPO, 'sandbox-image'), ROOT_PYTHON, ...args]]
+    : [HOST_PYTHON, ['-B', ...args]];
+  const result = spawnSync(command, argv, {
     cwd: REPO,
     input,
     encoding: 'utf8',
     maxBuffer: 256 * 1024 * 1024,
     env: { ...process.env, PYTHONDONTWRITEBYTECODE: '1' },
   });
-  if (result.error) throw new Error(`${PYTHON} could not be run: ${result.error.message}`);
+  if (result.error) throw new Error(`${command} could not be run: ${result.error.message}`);
   return { status: result.status, output: `${result.stdout}${result.stderr}`, stdout: result.stdout };
 }
 
@@ -59,6 +90,51 @@ test("runner.CHANNEL_ENVELOPE_BYTES is protocol.ts's", () => {
   expect(pythonJson('print(json.dumps(runner.CHANNEL_ENVELOPE_BYTES))')).toBe(CHANNEL_ENVELOPE_BYTES);
 });
 
+test("files.SKIPPED_MAX and files.PATH_MAX_CHARS are protocol.ts's", () => {
+  expect(pythonJson('import files\nprint(json.dumps([files.SKIPPED_MAX, files.PATH_MAX_CHARS]))')).toEqual([SKIPPED_MAX, OUTPUT_PATH_MAX_CHARS]);
+});
+
+test('an ok message with the most output files and skipped entries of the longest paths is what readChannel accepts, within channelMaxBytes', () => {
+  // Paths of 1024 characters that are all emoji (12 bytes each as sent), more links than
+  // SKIPPED_MAX, more files than max_files, some over max_bytes; a result of RESULT_MAX_BYTES.
+  const limits = { resultMaxBytes: 16, outputFilesMax: 5, outputFilesMaxBytes: 100 } as RunLimits;
+  const script = [
+    'import os',
+    'E = "\\U0001F600"',
+    'def main():',
+    '    top = "out"',
+    '    while len(top) + 64 <= 1020:',
+    '        top += "/" + E * 63',
+    '    os.makedirs(top)',
+    '    for i in range(8):',
+    '        with open(f"out/{E * 60}{i}", "wb") as f:',
+    '            f.write(bytes([i]) * (i * 7))',
+    '    for i in range(150):  # paths of 1024 characters (listed) and of 1025 (cut to 1024)',
+    '        os.symlink("/etc/passwd", f"{top}/{i:03d}{E * (57 + i % 2)}")',
+    '    return "x" * 14',
+  ].join('\n');
+  const raw: string = pythonJson(
+    [
+      'import os, tempfile',
+      'os.chdir(tempfile.mkdtemp())',
+      'job = json.load(sys.stdin)',
+      'with tempfile.TemporaryFile() as f:',
+      '    runner.run(job, runner.Channel(f.fileno(), 16))',
+      '    f.seek(0)',
+      '    sys.stdout.write(json.dumps(f.read().decode("ascii")))',
+    ].join('\n'),
+    { script, args: {}, files: [], out: { dir: 'out', max_files: limits.outputFilesMax, max_bytes: limits.outputFilesMaxBytes } },
+  );
+  const bytes = Buffer.concat([Buffer.from([CONFINED_MARKER]), Buffer.from(raw, 'ascii')]);
+  const state = readChannel({ overflowed: bytes.length > channelMaxBytes(limits), buffer: () => bytes }, limits);
+  if (state.kind !== 'message' || state.message.status !== 'ok') throw new Error(`not an ok message: ${state.kind} ${raw.slice(0, 300)}`);
+  const { files, skipped, files_truncated } = state.message;
+  expect(files!.map((f) => f.size)).toEqual([0, 7, 14, 21, 28]); // 70 bytes; the next (35) does not fit
+  expect(files_truncated).toBe(true);
+  expect(skipped).toHaveLength(SKIPPED_MAX);
+  expect(new Set(skipped!.map((s) => s.reason))).toEqual(new Set(['path_too_long', 'symlink']));
+});
+
 test('what the runner sends for huge and odd exceptions is what readChannel accepts, at the smallest RESULT_MAX_BYTES', () => {
   const deep = '#'.repeat(250);
   const cases: Array<[string, string]> = [
@@ -92,7 +168,10 @@ test('what the runner sends for huge and odd exceptions is what readChannel acce
   const smallestResultMaxBytes = 16; // config.ts: RESULT_MAX_BYTES is at least 16
   sent.forEach((raw, i) => {
     const bytes = Buffer.concat([Buffer.from([CONFINED_MARKER]), Buffer.from(raw, 'ascii')]);
-    const state = readChannel({ overflowed: bytes.length > smallestResultMaxBytes + CHANNEL_ENVELOPE_BYTES, buffer: () => bytes });
+    const state = readChannel(
+      { overflowed: bytes.length > smallestResultMaxBytes + CHANNEL_ENVELOPE_BYTES, buffer: () => bytes },
+      { resultMaxBytes: smallestResultMaxBytes, outputFilesMax: 0, outputFilesMaxBytes: 0 },
+    );
     expect({ case: i, state: state.kind }).toEqual({ case: i, state: 'message' });
     if (state.kind !== 'message' || state.message.status !== 'error') throw new Error(`case ${i}: not an error message`);
     expect({ case: i, type: state.message.error.type }).toEqual({ case: i, type: cases[i][0] });

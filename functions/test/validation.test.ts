@@ -4,7 +4,17 @@
  */
 import { ApiError } from '../src/errors';
 import { ARGS_MAX_DEPTH, executeRequestSchema } from '../src/schemas';
-import { nestsDeeperThan, parseExecuteRequest } from '../src/validation';
+import { nestsDeeperThan, parseExecuteRequest as parseWithBounds, type RequestBounds } from '../src/validation';
+
+const BOUNDS: RequestBounds = {
+  timeoutMs: 10000,
+  memoryMb: 512,
+  files: { count: 6, totalBytes: 1000, fileBytes: 600, diskBytes: 2000 },
+};
+
+function parseExecuteRequest(body: unknown) {
+  return parseWithBounds(body, BOUNDS);
+}
 
 const SCRIPT = 'def main(**kw):\n    return kw';
 
@@ -157,5 +167,104 @@ describe('parseExecuteRequest: keys that could confuse JavaScript', () => {
   test('a top-level "__proto__" is an unknown field', () => {
     const error = refusal(JSON.parse('{"script": "x", "__proto__": {"args": 1}}'));
     expect(error.details).toEqual({ field: '__proto__' });
+  });
+});
+
+describe('parseExecuteRequest: limits', () => {
+  test('limits within the maxima are accepted, each optional', () => {
+    expect(parseExecuteRequest({ script: SCRIPT, limits: { timeout_ms: 10000, memory_mb: 64 } }).limits).toEqual({ timeout_ms: 10000, memory_mb: 64 });
+    expect(parseExecuteRequest({ script: SCRIPT, limits: { memory_mb: 512 } }).limits).toEqual({ memory_mb: 512 });
+    expect(parseExecuteRequest({ script: SCRIPT, limits: {} }).limits).toEqual({});
+  });
+
+  test.each([
+    [{ timeout_ms: 10001 }, 'limits.timeout_ms', '"limits.timeout_ms" is 10001; the most this instance allows is 10000 (SCRIPT_TIMEOUT_MS)', 10000],
+    [{ memory_mb: 513 }, 'limits.memory_mb', '"limits.memory_mb" is 513; the most this instance allows is 512 (SCRIPT_MEMORY_MB)', 512],
+  ])('above the maximum: %j names the field and the maximum', (limits, field, message, limit) => {
+    const error = refusal({ script: SCRIPT, limits });
+    expect(error.status).toBe(400);
+    expect(error.message).toBe(message);
+    expect(error.details).toEqual({ field, limit });
+  });
+
+  test.each([
+    [{ timeout_ms: 99 }, 'limits.timeout_ms', '"limits.timeout_ms" must be >= 100'],
+    [{ memory_mb: 63 }, 'limits.memory_mb', '"limits.memory_mb" must be >= 64'],
+    [{ timeout_ms: 1.5 }, 'limits.timeout_ms', '"limits.timeout_ms" must be an integer'],
+    [{ memory_mb: '128' }, 'limits.memory_mb', '"limits.memory_mb" must be an integer'],
+    [{ cpu_ms: 5 }, 'limits.cpu_ms', 'unknown field "limits.cpu_ms" (allowed: timeout_ms, memory_mb)'],
+  ])('%j is refused', (limits, field, message) => {
+    const error = refusal({ script: SCRIPT, limits });
+    expect(error.message).toBe(message);
+    expect(error.details).toEqual({ field });
+  });
+
+  test('an unknown top-level field lists the known ones', () => {
+    expect(refusal({ script: SCRIPT, timeout: 5 }).message).toBe('unknown field "timeout" (allowed: script, args, limits, files)');
+  });
+});
+
+describe('parseExecuteRequest: files', () => {
+  const file = (path: string, content = 'x') => ({ path, content });
+
+  test('plain relative paths, text and base64, are accepted as sent', () => {
+    const files = [file('data/in.csv', 'a,b\n1,2\n'), { path: 'img.png', content_base64: 'iVBORw0KGgo=' }, file('a/b/c/d.txt'), file('notes é.txt'), file('outside/out/x'), file('output.txt')];
+    expect(parseExecuteRequest({ script: SCRIPT, files }).files).toEqual(files);
+  });
+
+  test.each([
+    ['/etc/passwd', 'is absolute'],
+    ['../x', 'has a "." or ".." component'],
+    ['a/../../x', 'has a "." or ".." component'],
+    ['./a', 'has a "." or ".." component'],
+    ['a//b', 'has an empty component'],
+    ['a/', 'ends with "/"'],
+    ['a\u0000b', 'holds a control character'],
+    ['a\nb', 'holds a control character'],
+    ['out/x.csv', 'is under "out/"'],
+    ['out', 'is under "out/"'],
+    ['\ud800.txt', 'is not valid Unicode'],
+    [`${'n'.repeat(256)}`, 'has a component longer than 255 bytes'],
+  ])('path %j is refused, naming the file', (path, why) => {
+    const error = refusal({ script: SCRIPT, files: [file('ok.txt'), file(path)] });
+    expect(error.status).toBe(400);
+    expect(error.details).toEqual({ field: 'files.1.path' });
+    expect(error.message).toContain('"files.1.path"');
+    expect(error.message).toContain(why);
+  });
+
+  test("duplicates, and a file that is another file's directory, are refused", () => {
+    expect(refusal({ script: SCRIPT, files: [file('a.txt'), file('a.txt')] }).message).toBe('"files.1.path" "a.txt" is also files.0');
+    expect(refusal({ script: SCRIPT, files: [file('a'), file('a/b')] }).message).toBe('"files.1.path" "a/b" needs a directory "a", which is files.0');
+    expect(refusal({ script: SCRIPT, files: [file('a/b'), file('a')] }).message).toBe('"files.1.path" "a" is a directory of files.0');
+  });
+
+  test('each file has exactly one of content and content_base64', () => {
+    for (const entry of [{ path: 'a' }, { path: 'a', content: 'x', content_base64: 'eA==' }]) {
+      const error = refusal({ script: SCRIPT, files: [entry] });
+      expect(error.message).toBe('"files.0" must have exactly one of "content" (text) or "content_base64" (bytes)');
+      expect(error.details).toEqual({ field: 'files.0' });
+    }
+    expect(refusal({ script: SCRIPT, files: [{ path: 'a', content: 'x', mode: 493 }] }).message).toBe('unknown field "files.0.mode" (allowed: path, content, content_base64)');
+  });
+
+  test.each(['eA', 'eA=', 'e A=', 'eA==eA==', '****', 'eA===', 'eA-_'])('content_base64 %j is not standard padded base64', (encoded) => {
+    const error = refusal({ script: SCRIPT, files: [{ path: 'a.bin', content_base64: encoded }] });
+    expect(error.details).toEqual({ field: 'files.0.content_base64' });
+  });
+
+  test('text with a lone surrogate is refused (UTF-8 cannot hold it)', () => {
+    expect(refusal({ script: SCRIPT, files: [file('a.txt', 'ok \udc80')] }).details).toEqual({ field: 'files.0.content' });
+  });
+
+  test('count, size of each and size together are capped', () => {
+    const many = [1, 2, 3, 4, 5, 6, 7].map((n) => file(`f${n}`));
+    expect(refusal({ script: SCRIPT, files: many }).message).toBe('"files" holds 7 files; the most this instance accepts is 6 (INPUT_FILES_MAX)');
+    // 601 decoded bytes, sent as base64: decoded size counts.
+    const big = { path: 'big.bin', content_base64: Buffer.alloc(601).toString('base64') };
+    expect(refusal({ script: SCRIPT, files: [big] }).message).toBe('"files.0" holds 601 bytes; a file may hold at most 600 (SCRIPT_MAX_FILE_MB)');
+    expect(parseExecuteRequest({ script: SCRIPT, files: [{ ...big, content_base64: Buffer.alloc(600).toString('base64') }] }).files).toHaveLength(1);
+    const two = [file('a', 'x'.repeat(600)), file('b', 'é'.repeat(201))]; // 600 + 402 bytes
+    expect(refusal({ script: SCRIPT, files: two }).message).toBe('"files" hold 1002 bytes together; the most this instance accepts is 1000 (INPUT_FILES_MAX_BYTES)');
   });
 });

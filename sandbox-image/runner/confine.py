@@ -63,6 +63,27 @@ def apply_rlimits(limits):
         resource.setrlimit(which, (soft, hard))
 
 
+def lower_rlimits(limits):
+    """A warm child's own run's limits, once its job arrives: RLIMIT_CPU and RLIMIT_AS lowered to
+    limits ({"cpu_seconds", "memory_bytes"}) as apply_rlimits sets them, never raised (soft or
+    hard). The child was confined with the service's largest. Lowering its own limits takes no
+    privilege and no call the seccomp policy refuses (setrlimit and prlimit64 are allowed); raising
+    a hard limit again takes CAP_SYS_RESOURCE, which no run has."""
+    pairs = {
+        resource.RLIMIT_CPU: (limits["cpu_seconds"], limits["cpu_seconds"] + 1),
+        resource.RLIMIT_AS: (limits["memory_bytes"],) * 2,
+    }
+    for which, (soft, hard) in pairs.items():
+        current_soft, current_hard = resource.getrlimit(which)
+        hard = _at_most(hard, current_hard)
+        soft = _at_most(min(soft, hard), current_soft)
+        resource.setrlimit(which, (soft, hard))
+
+
+def _at_most(value, limit):
+    return value if limit == resource.RLIM_INFINITY else min(value, limit)
+
+
 def set_no_new_privs():
     if _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
         raise ConfinementError(f"prctl(PR_SET_NO_NEW_PRIVS) failed: {os.strerror(ctypes.get_errno())}")

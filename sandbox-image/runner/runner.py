@@ -3,19 +3,30 @@
 Protocol with the service, the runner's side. The service's side is
 functions/src/sandbox/protocol.ts, which names this file as its counterpart; the constants below
 are this side's names and numbers of it, in one place (zygote.py uses them too).
-  stdin  the job, one JSON document: {"script", "args", "result_max_bytes", "limits", "confine"}.
-         Read to EOF, then replaced by /dev/null before user code runs.
+  stdin  the job, one JSON document: {"script", "args", "result_max_bytes", "files", "out",
+         "limits", "confine"}. Read to EOF, then replaced by /dev/null before user code runs.
+         "files" ([{"path", "content" or "content_base64"}]) are written into the working
+         directory before any user code, then "out"["dir"] is made (files.py); a file that cannot
+         be written is an "input_files" error and no user code runs.
   fd 3   the result channel (RESULT_FD): CONFINED_MARKER once every confinement layer is on (before
          any user code), then exactly one JSON document written after main() returns or fails,
-         {"status": "ok", "result": ..., "cpu_ms": ...} or {"status": "error", "error": {...}}.
+         {"status": "ok", "result", "cpu_ms", "files", "skipped", "files_truncated"} or
+         {"status": "error", "error": {...}}. "files" ([{"path", "size", "content_base64"}], by
+         path) are the regular files the script left below "out"["dir"], within its "max_files"
+         and "max_bytes"; "skipped" ([{"path", "reason"}]) what was passed over (links, fifos,
+         ...); "files_truncated" whether a cap left something out (files.py).
          A failed confinement writes {"status": "error", "error": {"type": "sandbox_error"}} with
-         no CONFINED_MARKER before it.
+         no CONFINED_MARKER before it. USER_CODE_MARKER follows CONFINED_MARKER once the input
+         files are written, right before the script's module runs: an "input_files" error is
+         sent (and believed) only without it.
          It is moved to a high, close-on-exec descriptor first, so child processes never have
          it and fd 3 is free for the script. Whatever the script prints goes to fds 1 and 2,
          which the service captures separately; stdout can never change the result.
 On the warm path a child of zygote.py is confined before its run exists (its "limits" and
 "confine" come in the zygote's command): it writes WARM_READY and CONFINED_MARKER on its result
-connection, reads the job there ({"script", "args", "result_max_bytes"}) and answers on it.
+connection, reads the job there ({"script", "args", "result_max_bytes", "files", "out",
+"limits": {"cpu_seconds", "memory_bytes"}}), lowers its RLIMIT_CPU and RLIMIT_AS to the run's own
+"limits" (confine.lower_rlimits) and answers on it.
 Every error message is fitted to what the service accepts (MESSAGE_LIMITS, fit_error): a field
 too long is shortened, visibly, never sent as it is (the service would not believe the message).
 Exit status: 0 after writing the channel; EXIT_CONFINEMENT_FAILED when confinement failed (no user
@@ -36,10 +47,12 @@ import types
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # python -I leaves the script's dir out
 import confine  # noqa: E402 - after dont_write_bytecode
+import files  # noqa: E402
 import jsonify  # noqa: E402
 
 RESULT_FD = 3
 CONFINED_MARKER = b"\x1e"  # ASCII record separator: the runner is confined, user code follows
+USER_CODE_MARKER = b"\x1d"  # ASCII group separator: the input files are written, the script's module runs next
 WARM_READY = b"ready\n"  # a warm child is confined and waits for its job
 EXIT_CONFINEMENT_FAILED = 70
 EXIT_RUNNER_FAILED = 71
@@ -204,7 +217,10 @@ class Channel:
         message["layers"] = self.layers
         self.send_raw(json.dumps(message, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii"))
 
-    def send_result(self, value):
+    def send_result(self, value, outputs=None):
+        """Sends the result, and with outputs (workdir descriptor, the job's "out") the files the
+        script left there, streamed: each file's base64 is written as it is, never copied into one
+        message."""
         try:
             encoded = jsonify.to_json(value)
         except jsonify.NotSerializable as exc:
@@ -214,8 +230,21 @@ class Channel:
                 "result_too_large",
                 f"the result is {len(encoded)} bytes of JSON; the limit is {self.max_bytes} bytes",
             )
-        head = json.dumps({"status": "ok", "cpu_ms": _cpu_ms(), "layers": self.layers}, separators=(",", ":"))
-        self.send_raw(head[:-1].encode("ascii") + b',"result":' + encoded + b"}")
+        head = {"status": "ok"}
+        found = files.collect(*outputs) if outputs else None
+        if found is not None:
+            head.update(skipped=found.skipped, files_truncated=found.truncated)
+        head.update(cpu_ms=_cpu_ms(), layers=self.layers)
+        self.send_raw(json.dumps(head, ensure_ascii=True, separators=(",", ":"))[:-1].encode("ascii"))
+        if found is not None:
+            self.send_raw(b',"files":[')
+            for i, (path, size, content) in enumerate(found.files):
+                path = json.dumps(path, ensure_ascii=True).encode("ascii")
+                self.send_raw(b'%s{"path":%s,"size":%d,"content_base64":"' % (b"," if i else b"", path, size))
+                self.send_raw(content)
+                self.send_raw(b'"}')
+            self.send_raw(b"]")
+        self.send_raw(b',"result":' + encoded + b"}")
 
     def send_raw(self, data):
         view = memoryview(data)
@@ -336,6 +365,15 @@ def run(job, channel):
         return channel.send_error("syntax_error", _safe_str(exc), line=None, column=None)
     if not _has_top_level_main(tree):
         return channel.send_error("missing_main", "the script must define a top-level function main() (def main or async def main)")
+    try:
+        # A descriptor of the working directory, kept for collecting "out": the script may chdir.
+        workdir = files.prepare(job.get("files", []), job.get("out"))
+    except files.InputFileError as exc:
+        details = {"errno": exc.errno} if exc.errno else {}
+        return channel.send_error("input_files", str(exc), **details)
+    # From here on the script may write to the channel too: the service believes an input_files
+    # error only before this byte, which the script cannot unwrite.
+    channel.send_raw(USER_CODE_MARKER)
 
     linecache.cache[SCRIPT_NAME] = (len(source), None, source.splitlines(True), SCRIPT_NAME)
     # A real module named "script", so pickle (multiprocessing) finds the script's functions.
@@ -364,7 +402,7 @@ def run(job, channel):
         _flush_std_streams()
         return _send_exception(channel, exc)
     _flush_std_streams()
-    channel.send_result(value)
+    channel.send_result(value, (workdir, job["out"]) if job.get("out") else None)
 
 
 def _send_exception(channel, exc):

@@ -20,9 +20,10 @@ PID 1 of a new pid namespace and enters new mount, ipc and network namespaces wi
 /tmp and /dev/shm (namespaces.py). It then becomes the run's uid, enters its directory, resets its
 environment, and applies exactly the cold path's confinement (rlimits, no_new_privs, Landlock,
 seccomp) before saying "ready\n" (runner.WARM_READY) on the result connection. Only then does the
-service send the job (script and args) on that same connection (runner.py's protocol), so
-scripts, arguments and results never pass through the zygote's memory, which later children
-inherit.
+service send the job (script, args, input files, and the run's own cpu_seconds and memory_bytes,
+to which the child lowers its limits before any user code) on that same connection (runner.py's
+protocol), so scripts, arguments, files and results never pass through the zygote's memory,
+which later children inherit.
 """
 
 import json
@@ -111,6 +112,15 @@ def connect(path, token, stream):
     return sock.detach()
 
 
+def with_preload(limits, preload_bytes):
+    """limits with RLIMIT_AS's room for what preloading mapped. RLIMIT_AS counts address space, and
+    a child starts with numpy and pandas already mapped, which a cold run pays for only if the
+    script imports them: the limit is raised by what preloading added, so a script has at least
+    the cold path's room for its own data. (Real memory use is what the service's sampler holds to
+    SCRIPT_MEMORY_MB per run.)"""
+    return dict(limits, memory_bytes=limits["memory_bytes"] + preload_bytes)
+
+
 def child(command, channel_path, compiled, preload_bytes):
     """Runs in the forked child. Ends in os._exit; never returns."""
     try:
@@ -146,12 +156,7 @@ def child(command, channel_path, compiled, preload_bytes):
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.set_wakeup_fd(-1)
         channel = runner.Channel(result_fd, 0)
-        # RLIMIT_AS counts address space, and this child starts with numpy and pandas already
-        # mapped. A cold run pays for them only if the script imports them; raise the limit by
-        # what preloading added, so a script has at least the cold path's room for its own data.
-        # (Real memory use is what the service's sampler holds to SCRIPT_MEMORY_MB per run.)
-        limits = dict(command["limits"], memory_bytes=command["limits"]["memory_bytes"] + preload_bytes)
-        channel.layers = confine.confine(command["confine"], limits, compiled)
+        channel.layers = confine.confine(command["confine"], with_preload(command["limits"], preload_bytes), compiled)
     except BaseException as exc:  # noqa: BLE001 - no user code runs without every layer
         try:
             os.write(2, f"warm child set-up failed: {type(exc).__name__}: {exc}\n".encode())
@@ -160,6 +165,9 @@ def child(command, channel_path, compiled, preload_bytes):
     try:
         os.write(result_fd, runner.WARM_READY + runner.CONFINED_MARKER)
         job = json.loads(runner.read_all(result_fd))
+        # The run's own limits, at most those it was confined with: before any user code (and
+        # before its input files are written, in runner.run).
+        confine.lower_rlimits(with_preload(job["limits"], preload_bytes))
         channel.max_bytes = job["result_max_bytes"]
         runner.run(job, channel)
     except BaseException:  # noqa: BLE001 - e.g. the service went away; the exit status says it

@@ -5,7 +5,8 @@ import type { RequestInfo, ServiceContext } from '../context';
 import { ApiError } from '../errors';
 import { readBody } from '../http/requestBody';
 import { interpret } from '../outcome';
-import { parseExecuteRequest } from '../validation';
+import { runLimits } from '../sandbox/limits';
+import { parseExecuteRequest, requestBounds } from '../validation';
 
 export interface HandlerResult {
   status: number;
@@ -15,8 +16,14 @@ export interface HandlerResult {
 
 export async function execute(req: IncomingMessage, _res: ServerResponse, ctx: ServiceContext, info: RequestInfo): Promise<HandlerResult> {
   requireJson(req);
+  // Every slot busy and the queue full (or shutting down): refuse before reading, parsing,
+  // validating or hashing the body, so an overloaded instance spends almost nothing on a 429.
+  // acquire() below still decides for the requests that pass: the state may change meanwhile.
+  const refusal = ctx.admission.refusal();
+  if (refusal) throw refusal;
   const raw = await readBody(req, ctx.config.requestMaxBytes);
-  const request = parseExecuteRequest(parseJson(raw));
+  const request = parseExecuteRequest(parseJson(raw), requestBounds(ctx.config));
+  const asked = { timeoutMs: request.limits?.timeout_ms, memoryMb: request.limits?.memory_mb };
   info.logFields.script_sha256 = createHash('sha256').update(request.script, 'utf8').digest('hex');
   info.logFields.script_bytes = Buffer.byteLength(request.script, 'utf8');
   if (ctx.config.logScripts) info.logFields.script = request.script;
@@ -29,12 +36,12 @@ export async function execute(req: IncomingMessage, _res: ServerResponse, ctx: S
   const lease = await ctx.admission.acquire(signal);
   info.logFields.queue_ms = Math.round(lease.queueMs);
   try {
-    const run = await sandbox.run({ script: request.script, args: request.args ?? {}, slot: lease.slot, signal });
+    const run = await sandbox.run({ script: request.script, args: request.args ?? {}, files: request.files ?? [], limits: asked, slot: lease.slot, signal });
     const outcome = interpret(run, {
       requestId: info.requestId,
       queueMs: lease.queueMs,
-      timeoutMs: ctx.config.scriptTimeoutMs,
-      memoryMb: ctx.config.scriptMemoryMb,
+      // The same derivation the sandbox made for the run (LimitedSandbox, limits.ts).
+      limits: runLimits(ctx.config, asked),
       abortReason: signal.aborted ? (signal.reason as 'client_closed' | 'shutdown') : undefined,
     });
     Object.assign(info.logFields, {
@@ -45,6 +52,10 @@ export async function execute(req: IncomingMessage, _res: ServerResponse, ctx: S
       cpu_ms: run.channel.kind === 'message' ? run.channel.message.cpu_ms : null,
       stdout_bytes: run.stdout.bytes,
       stderr_bytes: run.stderr.bytes,
+      files_in: request.files?.length ?? 0,
+      files_out: run.channel.kind === 'message' && run.channel.message.status === 'ok' ? (run.channel.message.files?.length ?? 0) : 0,
+      timeout_ms: request.limits?.timeout_ms,
+      memory_mb: request.limits?.memory_mb,
       exit_code: run.exitCode,
       signal: run.signal,
     });

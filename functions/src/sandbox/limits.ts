@@ -4,9 +4,11 @@
  * in the runner's job (protocol.ts), the run's cgroup (cgroup/cgroups.ts), the usage sampler
  * (usageWatch.ts) and nsjail's flags (nsjail/jail.ts).
  *
- * Today every run gets the configured limits. A request that may lower its own limits changes
- * runLimits() alone, with one exception: a warm child is confined before its run exists, with
- * the configured limits (warm/warmSandbox.ts says what that takes).
+ * The configured limits are each run's maxima and defaults; a request may lower its time and
+ * memory limits (RequestedLimits, checked against the maxima by validation.ts). A warm child is
+ * confined before its run exists, with the configured limits: its job carries the run's own, and
+ * it lowers its rlimits before any user code, as the service lowers its cgroup before the job
+ * (warm/warmSandbox.ts).
  *
  * Not here, because they are per instance: the size of a run's writable space (SCRIPT_TMP_MB),
  * which nsjail can only take from its rendered python.cfg (a tmpfs mounted from its command line
@@ -34,20 +36,39 @@ export interface RunLimits {
   outputMaxBytes: number;
   /** The JSON of main()'s return value. */
   resultMaxBytes: number;
+  /** Files returned from the run's out/ directory: how many, and their bytes together. */
+  outputFilesMax: number;
+  outputFilesMaxBytes: number;
 }
 
-export function runLimits(config: Config): RunLimits {
+/** What a request asked for (its `limits`), at most the configured maxima (validation.ts checks). */
+export interface RequestedLimits {
+  timeoutMs?: number;
+  memoryMb?: number;
+}
+
+/** The limits of one run: the configuration's, lowered where the request asked. */
+export function runLimits(config: Config, requested: RequestedLimits = {}): RunLimits {
+  const timeoutMs = Math.min(requested.timeoutMs ?? config.scriptTimeoutMs, config.scriptTimeoutMs);
+  const memoryMb = Math.min(requested.memoryMb ?? config.scriptMemoryMb, config.scriptMemoryMb);
   return {
-    timeoutMs: config.scriptTimeoutMs,
+    timeoutMs,
     // CPU time: the wall-clock limit's seconds, rounded up.
-    cpuSeconds: Math.ceil(config.scriptTimeoutMs / 1000),
-    memoryBytes: config.scriptMemoryMb * MIB,
+    cpuSeconds: Math.ceil(timeoutMs / 1000),
+    memoryBytes: memoryMb * MIB,
     maxProcesses: config.scriptMaxProcesses,
     maxOpenFiles: config.scriptMaxOpenFiles,
     maxFileBytes: config.scriptMaxFileMb * MIB,
     outputMaxBytes: config.outputMaxBytes,
     resultMaxBytes: config.resultMaxBytes,
+    outputFilesMax: config.outputFilesMax,
+    outputFilesMaxBytes: config.outputFilesMaxBytes,
   };
+}
+
+/** The limits a response echoes (`limits`). */
+export function publicLimits(limits: RunLimits): { timeout_ms: number; memory_mb: number } {
+  return { timeout_ms: limits.timeoutMs, memory_mb: Math.round(limits.memoryBytes / MIB) };
 }
 
 /**
@@ -71,6 +92,6 @@ export class LimitedSandbox implements Sandbox {
   }
 
   run(order: RunOrder): Promise<RunReport> {
-    return this.inner.run({ ...order, limits: runLimits(this.config) });
+    return this.inner.run({ ...order, files: order.files ?? [], limits: runLimits(this.config, order.limits) });
   }
 }

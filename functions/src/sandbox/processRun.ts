@@ -136,7 +136,7 @@ export function runProcess(plan: ProcessPlan, options: ProcessRunOptions): Promi
         exceeded: guard.exceeded,
         stdout: stdout.result(),
         stderr: stderr.result(),
-        channel: readChannel(channel),
+        channel: readChannel(channel, limits),
         extra: extra.map((e) => e.buffer()),
         wallMs,
         spawnError,

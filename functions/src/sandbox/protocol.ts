@@ -5,8 +5,11 @@
  *
  *   the process  runnerArgv and sandboxEnvironment (cold: the runner itself; warm: the zygote
  *                and each child it forks).
- *   the job      one JSON document: the script, its args and result_max_bytes, and on the cold
- *                path the confinement the runner applies to itself first (coldJob). Cold: the
+ *   the job      one JSON document: the script, its args, result_max_bytes, the request's files
+ *                (written under the working directory before user code) and where to collect
+ *                output files (`out`); on the cold path also the confinement the runner applies
+ *                to itself first (coldJob), on the warm path the run's own time and memory limits,
+ *                to which the already confined child lowers its rlimits (warmJob). Cold: the
  *                runner's stdin, read to EOF. Warm: the child's result connection, after the child
  *                has said WARM_READY (warmJob; it was confined when it was prepared, with the same
  *                confinement() in the zygote's command, warm/boundary.ts).
@@ -106,8 +109,18 @@ export function confinement(limits: RunLimits, paths: RunnerPaths) {
   };
 }
 
+/** The output files' directory, under the run's working directory (it starts empty). */
+export const OUTPUT_DIR = 'out';
+
 function scriptJob(request: RunRequest) {
-  return { script: request.script, args: request.args, result_max_bytes: request.limits.resultMaxBytes };
+  const { limits } = request;
+  return {
+    script: request.script,
+    args: request.args,
+    result_max_bytes: limits.resultMaxBytes,
+    files: request.files,
+    out: { dir: OUTPUT_DIR, max_files: limits.outputFilesMax, max_bytes: limits.outputFilesMaxBytes },
+  };
 }
 
 /** A cold run's job: the run, and the confinement the runner applies to itself first. */
@@ -115,9 +128,10 @@ export function coldJob(request: RunRequest, paths: RunnerPaths): Buffer {
   return Buffer.from(JSON.stringify({ ...scriptJob(request), ...confinement(request.limits, paths) }), 'utf8');
 }
 
-/** A warm run's job: the run alone; its child is confined already. */
+/** A warm run's job: the run, and its own limits, which its already confined child lowers its rlimits to. */
 export function warmJob(request: RunRequest): Buffer {
-  return Buffer.from(JSON.stringify(scriptJob(request)), 'utf8');
+  const limits = { cpu_seconds: request.limits.cpuSeconds, memory_bytes: request.limits.memoryBytes };
+  return Buffer.from(JSON.stringify({ ...scriptJob(request), limits }), 'utf8');
 }
 
 /* ---------------------------------------------------------------- the channel */
@@ -128,17 +142,29 @@ export const RESULT_FD = 3;
 /** Written by the runner once confined, before any user code. */
 export const CONFINED_MARKER = 0x1e;
 
+/** Written by the runner after CONFINED_MARKER once the input files are written, right before the script's module runs. */
+export const USER_CODE_MARKER = 0x1d;
+
 /** A warm child's first line on its result connection: confined, and waiting for its job. */
 export const WARM_READY = 'ready';
 
 /** Envelope room on the result channel beyond the result itself (error messages, tracebacks). */
 export const CHANNEL_ENVELOPE_BYTES = 256 * 1024;
 
+/** Output files' paths (out/...) and skipped entries' paths, in characters; the runner skips or cuts longer ones. */
+export const OUTPUT_PATH_MAX_CHARS = 1024;
+/** Skipped entries (symlinks, fifos, ...) listed at most. */
+export const SKIPPED_MAX = 100;
+/** One listed file's or skipped entry's room beyond its content: its path fully escaped (\\uXXXX, up to 12 bytes a character when a surrogate pair) and its other fields. */
+const OUTPUT_ENTRY_BYTES = OUTPUT_PATH_MAX_CHARS * 12 + 128;
+
 export function channelMaxBytes(limits: RunLimits): number {
-  return limits.resultMaxBytes + CHANNEL_ENVELOPE_BYTES;
+  const files = 4 * Math.ceil(limits.outputFilesMaxBytes / 3) + (limits.outputFilesMax + SKIPPED_MAX) * OUTPUT_ENTRY_BYTES;
+  return limits.resultMaxBytes + files + CHANNEL_ENVELOPE_BYTES;
 }
 
-const RUNNER_ERROR_TYPES = ['syntax_error', 'missing_main', 'runtime_error', 'result_not_serializable', 'result_too_large', 'memory_limit', 'killed', 'sandbox_error'] as const;
+const RUNNER_ERROR_TYPES = ['syntax_error', 'missing_main', 'input_files', 'runtime_error', 'result_not_serializable', 'result_too_large', 'memory_limit', 'killed', 'sandbox_error'] as const;
+const SKIP_REASONS = ['symlink', 'fifo', 'socket', 'device', 'other', 'name_not_utf8', 'name_not_printable', 'path_too_long', 'too_deep', 'changed', 'unreadable', 'error'] as const;
 type RunnerErrorType = (typeof RUNNER_ERROR_TYPES)[number];
 
 const nullableInt = { type: ['integer', 'null'] };
@@ -165,6 +191,31 @@ export const runnerMessageSchema = {
         cpu_ms: { type: 'integer', minimum: 0 },
         layers: layersSchema,
         result: {},
+        // What the script left under out/ (runner: files.py). Checked against the run's caps after the schema.
+        files: {
+          type: 'array',
+          items: {
+            type: 'object',
+            additionalProperties: false,
+            required: ['path', 'size', 'content_base64'],
+            properties: {
+              path: { type: 'string', pattern: '^out/', maxLength: OUTPUT_PATH_MAX_CHARS },
+              size: { type: 'integer', minimum: 0 },
+              content_base64: { type: 'string' },
+            },
+          },
+        },
+        skipped: {
+          type: 'array',
+          maxItems: SKIPPED_MAX,
+          items: {
+            type: 'object',
+            additionalProperties: false,
+            required: ['path', 'reason'],
+            properties: { path: { type: 'string', maxLength: OUTPUT_PATH_MAX_CHARS }, reason: { enum: SKIP_REASONS } },
+          },
+        },
+        files_truncated: { type: 'boolean' },
       },
     },
     {
@@ -188,6 +239,8 @@ export const runnerMessageSchema = {
             exception: { type: 'string', maxLength: 2000 },
             traceback: { type: 'string', maxLength: 200000 },
             exit_code: { type: 'integer' },
+            // input_files: the OSError's errno name (ENOSPC: the run's disk is full).
+            errno: { type: 'string', pattern: '^E[A-Z0-9]{1,31}$' },
           },
         },
       },
@@ -201,8 +254,19 @@ export interface RunnerLayers {
   no_new_privs?: boolean;
 }
 
+export interface OutputFile {
+  path: string;
+  size: number;
+  content_base64: string;
+}
+
+export interface SkippedEntry {
+  path: string;
+  reason: (typeof SKIP_REASONS)[number];
+}
+
 export type RunnerMessage =
-  | { status: 'ok'; cpu_ms: number; layers: RunnerLayers; result: unknown }
+  | { status: 'ok'; cpu_ms: number; layers: RunnerLayers; result: unknown; files?: OutputFile[]; skipped?: SkippedEntry[]; files_truncated?: boolean }
   | {
       status: 'error';
       cpu_ms: number;
@@ -216,6 +280,7 @@ export type RunnerMessage =
         exception?: string;
         traceback?: string;
         exit_code?: number;
+        errno?: string;
       };
     };
 
@@ -229,13 +294,15 @@ export type ChannelState = { kind: 'message'; message: RunnerMessage } | { kind:
  * is remove the marker the runner wrote before user code. A message after the marker is the
  * script's to choose (a result or an error about itself), except sandbox_error, which only the
  * runner, before the marker, may send: a script cannot make the service claim its sandbox failed.
+ * Likewise input_files (whose ENOSPC is answered 503): only before USER_CODE_MARKER.
  */
-export function readChannel(capture: { overflowed: boolean; buffer(): Buffer }): ChannelState {
+export function readChannel(capture: { overflowed: boolean; buffer(): Buffer }, limits: ChannelLimits): ChannelState {
   if (capture.overflowed) return { kind: 'oversize' };
   const raw = capture.buffer();
   if (raw.length === 0) return { kind: 'empty' };
   const confined = raw[0] === CONFINED_MARKER;
-  const body = confined ? raw.subarray(1) : raw;
+  const userCode = confined && raw[1] === USER_CODE_MARKER;
+  const body = raw.subarray(Number(confined) + Number(userCode));
   if (body.length === 0) return { kind: 'empty' };
   let parsed: unknown;
   try {
@@ -246,5 +313,46 @@ export function readChannel(capture: { overflowed: boolean; buffer(): Buffer }):
   if (!validateRunnerMessage(parsed)) return { kind: 'invalid' };
   const sandboxError = parsed.status === 'error' && parsed.error.type === 'sandbox_error';
   if (confined === sandboxError) return { kind: 'invalid' };
+  // The runner's own report that it could not write the input files comes before any user code.
+  if (parsed.status === 'error' && parsed.error.type === 'input_files' && userCode) return { kind: 'invalid' };
+  if (parsed.status === 'ok') {
+    if (parsed.files && !filesWithinCaps(parsed.files, limits)) return { kind: 'invalid' };
+    if (parsed.skipped?.some((entry) => entry.path !== OUTPUT_DIR && !entry.path.startsWith(`${OUTPUT_DIR}/`))) return { kind: 'invalid' };
+    // The runner holds the result to RESULT_MAX_BYTES, but the script can write a message of its
+    // own: measured again whenever the message could hold more than that (the channel has room
+    // for output files too). JSON.stringify writes UTF-8 where the runner escapes to ASCII, so a
+    // result the runner let through always passes.
+    if (body.length > limits.resultMaxBytes + CHANNEL_ENVELOPE_BYTES && Buffer.byteLength(JSON.stringify(parsed.result) ?? '') > limits.resultMaxBytes) {
+      return { kind: 'oversize' };
+    }
+  }
   return { kind: 'message', message: parsed };
+}
+
+/** What readChannel holds a message to, besides its schema: the run's limits. */
+export type ChannelLimits = Pick<RunLimits, 'resultMaxBytes' | 'outputFilesMax' | 'outputFilesMaxBytes'>;
+
+/** An output file's path as the runner sends it: out/ and plain components (none empty, "." or "..", no control character). */
+function underOutputDir(path: string): boolean {
+  const parts = path.split('/');
+  // eslint-disable-next-line no-control-regex -- control characters are what is refused
+  return parts[0] === OUTPUT_DIR && parts.length > 1 && parts.slice(1).every((part) => part !== '' && part !== '.' && part !== '..' && !/[\u0000-\u001f\u007f]/.test(part));
+}
+
+const BASE64 = /^[A-Za-z0-9+/]*={0,2}$/;
+
+/** The files fit the run's caps, each path is plain and unique, and each one's base64 holds exactly its size in bytes. */
+function filesWithinCaps(files: OutputFile[], limits: ChannelLimits): boolean {
+  if (files.length > limits.outputFilesMax) return false;
+  if (new Set(files.map((file) => file.path)).size !== files.length) return false;
+  let total = 0;
+  for (const file of files) {
+    if (!underOutputDir(file.path)) return false;
+    total += file.size;
+    const encoded = file.content_base64;
+    if (encoded.length % 4 !== 0 || !BASE64.test(encoded)) return false;
+    const padding = encoded.endsWith('==') ? 2 : encoded.endsWith('=') ? 1 : 0;
+    if ((encoded.length / 4) * 3 - padding !== file.size) return false;
+  }
+  return total <= limits.outputFilesMaxBytes;
 }

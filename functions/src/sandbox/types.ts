@@ -1,13 +1,25 @@
 /** The contract between the service and a sandbox backend, on its cold or warm path. */
 import type { SandboxMode } from './backends';
 import { EMPTY_TEXT } from './capture';
-import type { RunLimits } from './limits';
+import type { RequestedLimits, RunLimits } from './limits';
 import type { ChannelState } from './protocol';
+
+/** A file the request attaches, written under the run's working directory before the script starts (validated: inputFiles.ts). */
+export interface InputFile {
+  path: string;
+  /** Text, written UTF-8 encoded; or */
+  content?: string;
+  /** bytes, in standard base64. */
+  content_base64?: string;
+}
 
 /** A run as the handlers ask for it. */
 export interface RunOrder {
   script: string;
   args: Record<string, unknown>;
+  files?: InputFile[];
+  /** Lower limits than the configured ones, where the request asked (limits.ts). */
+  limits?: RequestedLimits;
   /** Admission slot: selects this run's uid, so concurrent runs never share one. */
   slot: number;
   /** Aborted when the client goes away or the instance shuts down: the run is killed. */
@@ -15,7 +27,8 @@ export interface RunOrder {
 }
 
 /** A run as a backend gets it: the order and the limits derived for it (limits.ts). */
-export interface RunRequest extends RunOrder {
+export interface RunRequest extends Omit<RunOrder, 'limits' | 'files'> {
+  files: InputFile[];
   limits: RunLimits;
 }
 

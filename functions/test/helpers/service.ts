@@ -231,6 +231,11 @@ export function execute(service: RunningService, script: string, args?: Record<s
   });
 }
 
+/** POST /execute with a whole request body (files, limits). */
+export function executeBody(service: RunningService, body: Record<string, unknown>): Promise<Answer> {
+  return request(`${service.url}/execute`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+}
+
 /** Python source from lines (keeps test scripts readable). */
 export function py(...lines: string[]): string {
   return lines.join('\n') + '\n';

@@ -132,8 +132,9 @@ describe.each(sandboxModes())("security: the sandbox's own root in %s mode", (mo
     expect(b.status).toBe(200);
     expect(a.body.result.read).toBe('run-a');
     expect(b.body.result.read).toBe('run-b');
-    expect(a.body.result.tmp).toEqual(['same.txt']);
-    expect(b.body.result.tmp).toEqual(['same.txt']);
+    // /tmp is the working directory: the run's own out/ (for output files) and its file.
+    expect(a.body.result.tmp).toEqual(['out', 'same.txt']);
+    expect(b.body.result.tmp).toEqual(['out', 'same.txt']);
   });
 
   c('rootfs', 'nothing written to /tmp survives into the next run of the slot', { seccomp: "the slot's /tmp emptied after each run", nsjail: 'per-run tmpfs' }, async () => {
@@ -151,10 +152,10 @@ describe.each(sandboxModes())("security: the sandbox's own root in %s mode", (mo
     for (let round = 0; round < 3; round++) {
       const planted = await attack(service, plant);
       expect(planted.status).toBe(200);
-      expect(planted.body.result).toEqual(['a', 'link', 'top.txt']);
+      expect(planted.body.result).toEqual(['a', 'link', 'out', 'top.txt']);
       const next = await execute(service, look);
       expect(next.status).toBe(200);
-      expect(next.body.result).toEqual([]);
+      expect(next.body.result).toEqual(['out']); // a fresh, empty one (files.test.ts)
     }
   });
 });

@@ -26,7 +26,8 @@ def run_script(source, args=None, result_max_bytes=1 << 20):
         channel = runner.Channel(channel_file.fileno(), result_max_bytes)
         runner.run({"script": source, "args": args or {}}, channel)
         channel_file.seek(0)
-        raw = channel_file.read()
+        # The marker the runner writes before the script's module runs (the service reads it).
+        raw = channel_file.read().removeprefix(runner.USER_CODE_MARKER)
     return raw, json.loads(raw.decode("ascii"))
 
 

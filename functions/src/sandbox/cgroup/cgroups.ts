@@ -9,7 +9,7 @@
  * usageWatch.ts is then all there is, which docs/SECURITY.md states).
  */
 import { spawn } from 'child_process';
-import { mkdirSync, readdirSync, readFileSync, rmdirSync, statSync, writeFileSync } from 'fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync, statSync, writeFileSync } from 'fs';
 import * as path from 'path';
 import type { CgroupSetting } from '../../config';
 import type { RunLimits } from '../limits';
@@ -32,6 +32,14 @@ export interface RunCgroup {
   pids(): number[];
   /** How many times the kernel's OOM killer ended a process of the run. */
   oomKills(): number;
+  /**
+   * Lowers the memory (and, on v1, memory+swap) and task limits to a run's own (cgroupLimits):
+   * a warm child's cgroup is made with the configured limits before its run exists, and lowered
+   * to the run's before its job is sent. Never raises a limit (throws instead). Throws when the
+   * kernel refuses, e.g. memory in use above the new limit that reclaim cannot free (v1: EBUSY;
+   * v2 would OOM-kill instead, so it is refused before writing); the run must not start then.
+   */
+  lower(limits: RunCgroupLimits): Promise<void>;
   /** Kills every process in the cgroup; resolves once none is left (or after ~5 s of trying). */
   kill(): Promise<void>;
   /** Kills what is left and removes the cgroup. Never throws. */
@@ -101,6 +109,43 @@ function readPids(file: string): number[] {
   } catch {
     return [];
   }
+}
+
+/** A limit file's value: a number of bytes or tasks, or "max" (none). */
+function readLimit(file: string): number {
+  const text = readFileSync(file, 'utf8').trim();
+  return text === 'max' ? Infinity : Number(text);
+}
+
+function refuseRaise(file: string, wanted: number, what: string): void {
+  const current = readLimit(file);
+  if (!(wanted <= current)) throw new Error(`the run's ${what} limit (${wanted}) is above the cgroup's (${current}); a limit is only ever lowered`);
+}
+
+/**
+ * Writes a lower limit. On v1, a memory limit below what the cgroup holds makes the kernel reclaim
+ * first and answer EBUSY when it cannot free enough: tried again briefly (reclaim may catch up),
+ * then the error is thrown with what the cgroup held.
+ */
+async function writeLower(file: string, value: number, usageFile?: string): Promise<void> {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      writeFileSync(file, String(value));
+      break;
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'EBUSY' || attempt >= 3) {
+        let held = '';
+        try {
+          if (usageFile) held = ` (it holds ${readNumber(usageFile)} bytes)`;
+        } catch {
+          // no usage to tell
+        }
+        throw new Error(`${path.basename(file)} could not be lowered to ${value}${held}: ${(error as Error).message}`, { cause: error });
+      }
+      await pause(10);
+    }
+  }
+  if (readLimit(file) > value) throw new Error(`${path.basename(file)} reads ${readLimit(file)} after being lowered to ${value}`);
 }
 
 function killPids(pids: number[]): void {
@@ -201,6 +246,18 @@ class V1RunCgroup implements RunCgroup {
     return readPids(path.join(this.dirs.pids, 'cgroup.procs'));
   }
 
+  async lower(limits: RunCgroupLimits): Promise<void> {
+    const memory = path.join(this.dirs.memory, 'memory.limit_in_bytes');
+    const memsw = path.join(this.dirs.memory, 'memory.memsw.limit_in_bytes');
+    const pidsMax = path.join(this.dirs.pids, 'pids.max');
+    refuseRaise(memory, limits.memoryBytes, 'memory');
+    refuseRaise(pidsMax, limits.maxTasks, 'task');
+    // Memory before memory+swap: the kernel keeps memsw >= memory, so lowering goes in this order.
+    await writeLower(memory, limits.memoryBytes, path.join(this.dirs.memory, 'memory.usage_in_bytes'));
+    if (existsSync(memsw)) await writeLower(memsw, limits.memoryBytes, path.join(this.dirs.memory, 'memory.memsw.usage_in_bytes'));
+    await writeLower(pidsMax, limits.maxTasks);
+  }
+
   oomKills(): number {
     try {
       return readNumber(path.join(this.dirs.memory, 'memory.oom_control'), 'oom_kill');
@@ -293,6 +350,21 @@ class V2RunCgroup implements RunCgroup {
 
   pids(): number[] {
     return readPids(this.procsFiles[0]);
+  }
+
+  async lower(limits: RunCgroupLimits): Promise<void> {
+    const memory = path.join(this.dir, 'memory.max');
+    const pidsMax = path.join(this.dir, 'pids.max');
+    refuseRaise(memory, limits.memoryBytes, 'memory');
+    refuseRaise(pidsMax, limits.maxTasks, 'task');
+    // v2 never refuses a memory.max below what the cgroup holds: it reclaims, then OOM-kills the
+    // cgroup (memory.oom.group). So that is refused here, before writing, and checked after.
+    const held = readNumber(path.join(this.dir, 'memory.current'));
+    if (held > limits.memoryBytes) throw new Error(`memory.max could not be lowered to ${limits.memoryBytes}: the cgroup already holds ${held} bytes`);
+    const kills = this.oomKills();
+    await writeLower(memory, limits.memoryBytes);
+    if (this.oomKills() !== kills) throw new Error(`lowering memory.max to ${limits.memoryBytes} made the kernel kill a process of the cgroup`);
+    await writeLower(pidsMax, limits.maxTasks);
   }
 
   oomKills(): number {
@@ -404,6 +476,12 @@ async function prove(host: CgroupHost, name: string): Promise<void> {
   }
 }
 
+/** A run's limits as its cgroup holds them. */
+export function cgroupLimits(limits: Pick<RunLimits, 'memoryBytes' | 'maxProcesses'>): RunCgroupLimits {
+  // One task more than a run may have: nsjail's own process, in nsjail mode.
+  return { memoryBytes: limits.memoryBytes, maxTasks: limits.maxProcesses + 1 };
+}
+
 /** Fresh cgroups for the runs of one service instance, each with its run's limits. */
 export class RunCgroups {
   private sequence = 0;
@@ -415,10 +493,6 @@ export class RunCgroups {
 
   /** Throws when the kernel refuses (the run then does not start). */
   create(slot: number, limits: Pick<RunLimits, 'memoryBytes' | 'maxProcesses'>): RunCgroup {
-    return this.host.create(`${CGROUP_PREFIX}${this.instanceTag}-s${slot}-${++this.sequence}`, {
-      memoryBytes: limits.memoryBytes,
-      // One task more than a run may have: nsjail's own process, in nsjail mode.
-      maxTasks: limits.maxProcesses + 1,
-    });
+    return this.host.create(`${CGROUP_PREFIX}${this.instanceTag}-s${slot}-${++this.sequence}`, cgroupLimits(limits));
   }
 }
