@@ -3,7 +3,10 @@
  * zygote that is restarted when it dies. Its isolation is covered by execute.test.ts and the
  * attack suite, which the "warm" project runs on this path too.
  */
-import { promises as fs } from 'fs';
+import { promises as fs, mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import { emptyShallowTree } from '../src/sandbox/removeTree';
 import { execute, pathUnderTest, py, request, sandboxModes, startService, type RunningService } from './helpers/service';
 
 const describeWarm = pathUnderTest() === 'warm' ? describe.each(sandboxModes()) : describe.skip.each(['seccomp']);
@@ -58,6 +61,38 @@ describeWarm('warm path in %s mode', (mode) => {
   test('each run gets a fresh child: module state never carries over', async () => {
     const script = py('import json', 'def main():', '    seen = getattr(json, "_marker", None)', '    json._marker = "set"', '    return seen');
     for (let i = 0; i < 4; i++) expect((await execute(service, script)).body.result).toBeNull();
+  });
+
+  test("whatever a run leaves in /tmp, shallow, deep or wide, the slot's next run finds none of it", async () => {
+    // Shallow trees are emptied in place (seccomp mode: emptyShallowTree), deeper or wider ones by
+    // rm (resetTmp); nsjail mode's /tmp goes with the child's namespaces. Two slots, eight runs:
+    // each slot sees every shape, and each run reports what it found before leaving its own.
+    const leave = (shape: string) =>
+      py(
+        'import os',
+        'def main():',
+        "    found = sorted(n for n in os.listdir('/tmp') if n != 'out')",
+        `    shape = ${JSON.stringify(shape)}`,
+        "    if shape == 'shallow':",
+        "        open('/tmp/a.txt', 'w').write('x')",
+        "        os.makedirs('/tmp/d1/d2')",
+        "        open('/tmp/d1/d2/b.txt', 'w').write('y')",
+        "        os.symlink('/sandbox/runner', '/tmp/link')",
+        "    elif shape == 'deep':",
+        "        os.makedirs('/tmp/e1/e2/e3/e4/e5')",
+        "        open('/tmp/e1/e2/e3/e4/e5/c.txt', 'w').write('z')",
+        '    else:',
+        "        os.mkdir('/tmp/wide')",
+        '        for i in range(100):',
+        "            open(f'/tmp/wide/{i}', 'w').close()",
+        "    return [found, len(os.listdir('/sandbox/runner')) > 0]",
+      );
+    for (const shape of ['shallow', 'shallow', 'deep', 'deep', 'wide', 'wide', 'shallow', 'shallow']) {
+      const answer = await execute(service, leave(shape));
+      expect(answer.status).toBe(200);
+      // Nothing of an earlier run; the symlinked runner directory was never followed.
+      expect(answer.body.result).toEqual([[], true]);
+    }
   });
 
   test('the zygote is restarted when it dies, and runs go on', async () => {
@@ -122,5 +157,44 @@ describeWarm('warm path in %s mode, at shutdown', (mode) => {
       ).every(Boolean);
     for (let i = 0; i < 40 && !(await gone()); i++) await new Promise((r) => setTimeout(r, 50));
     expect(await gone()).toBe(true);
+  });
+});
+
+describe("emptyShallowTree (seccomp mode: a slot's /tmp after a run)", () => {
+  let dir: string;
+  beforeEach(() => {
+    dir = mkdtempSync(path.join(os.tmpdir(), 'pyexec-shallow-'));
+  });
+  afterEach(() => rmSync(dir, { recursive: true, force: true }));
+
+  test('empties files, symlinks and directories a few levels deep, never following a link', () => {
+    const outside = mkdtempSync(path.join(os.tmpdir(), 'pyexec-outside-'));
+    try {
+      writeFileSync(path.join(outside, 'keep'), 'k');
+      const tmp = path.join(dir, 'tmp');
+      mkdirSync(path.join(tmp, 'out'), { recursive: true });
+      mkdirSync(path.join(tmp, 'a', 'b'), { recursive: true });
+      writeFileSync(path.join(tmp, 'a', 'b', 'f'), 'x');
+      writeFileSync(path.join(tmp, 'g'), 'y');
+      symlinkSync(outside, path.join(tmp, 'dirlink'));
+      symlinkSync(path.join(outside, 'keep'), path.join(tmp, 'a', 'filelink'));
+      expect(emptyShallowTree(tmp)).toBe(true);
+      expect(readdirSync(tmp)).toEqual([]);
+      expect(readdirSync(outside)).toEqual(['keep']);
+    } finally {
+      rmSync(outside, { recursive: true, force: true });
+    }
+  });
+
+  test('refuses (false) a tree deeper or wider than it takes, for rm to finish', () => {
+    const deep = path.join(dir, 'deep');
+    mkdirSync(path.join(deep, '1', '2', '3', '4'), { recursive: true });
+    expect(emptyShallowTree(deep)).toBe(false);
+    const wide = path.join(dir, 'wide');
+    mkdirSync(wide);
+    for (let i = 0; i < 100; i++) writeFileSync(path.join(wide, String(i)), '');
+    expect(emptyShallowTree(wide)).toBe(false);
+    expect(readdirSync(wide)).toHaveLength(100); // refused before removing anything at that level
+    expect(emptyShallowTree(path.join(dir, 'missing'))).toBe(false);
   });
 });

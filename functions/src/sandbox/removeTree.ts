@@ -264,3 +264,43 @@ function code(error: unknown): string | undefined {
 function message(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
 }
+
+/** What emptyShallowTree removes at most: entries in all, and directory levels below dir. */
+const SHALLOW_MAX_ENTRIES = 64;
+const SHALLOW_MAX_DEPTH = 3;
+
+/**
+ * Empties dir, synchronously and spawning nothing, when it holds what a run usually leaves: a few
+ * files and symlinks, and directories a few levels deep (every run leaves its empty `out/`).
+ * Anything larger or deeper, a mount point at or below dir, and any error (a file system without d_type), stops
+ * it: returns false, with part of the tree maybe removed, and the slot's resetTmp removes the rest
+ * (removeTree: rm, descriptor-relative, any depth). Without it, every run's `out/` would cost a
+ * `rm -rf` process (tens of milliseconds of the slot's turn-around on a loaded host). Called once
+ * no process of the run's uid is left, so nothing changes the tree meanwhile; names are joined
+ * below dir at most SHALLOW_MAX_DEPTH levels deep, so no path is long; a symlink is removed
+ * itself (a dirent's type is lstat's), never followed.
+ */
+export function emptyShallowTree(dir: string): boolean {
+  let budget = SHALLOW_MAX_ENTRIES;
+  const empty = (at: string, depth: number): boolean => {
+    const entries = readdirSync(at, { withFileTypes: true });
+    budget -= entries.length;
+    if (budget < 0) return false;
+    for (const entry of entries) {
+      const full = path.join(at, entry.name);
+      if (entry.isDirectory()) {
+        if (depth >= SHALLOW_MAX_DEPTH || !empty(full, depth + 1)) return false;
+        rmdirSync(full);
+      } else {
+        unlinkSync(full); // a file, a symlink, a socket or fifo (never a directory: rmdir's, above)
+      }
+    }
+    return true;
+  };
+  try {
+    // As removeTree: never into a mount point (an operator's leftover; runs cannot mount).
+    return mountPointsAtOrBelow(dir).length === 0 && empty(dir, 1);
+  } catch {
+    return false;
+  }
+}

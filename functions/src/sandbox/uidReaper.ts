@@ -129,3 +129,37 @@ export async function removeFilesOfUids(uids: ReadonlySet<number>, places: strin
   }
   return removed;
 }
+
+/**
+ * Cleanups that run after their run's answer, by the run's uid: a uid is one run slot's, on the
+ * cold and the warm path alike, and a run's leftovers (its slot's /tmp, files of its uid, its
+ * cgroup) are only ever touched by its own slot's cleanup. A run's answer leaves once none of its
+ * processes can execute any more; what is left is removal, which cannot change the answer. The
+ * uid's next run waits for it (cleanedUp) before anything of that run is set up, so a cleanup
+ * never removes what a later run made, and no run ever sees what an earlier one left.
+ */
+const cleanups = new Map<number, Promise<void>>();
+
+/** Starts `work` for the uid, after any cleanup of the uid still under way. Never rejects. */
+export function cleanUpAfterAnswer(uid: number, work: () => Promise<void>): Promise<void> {
+  const done = cleanedUp(uid)
+    .then(work)
+    .catch((error: unknown) => {
+      process.stderr.write(`cleaning up after a run of uid ${uid} failed: ${(error as Error).message}\n`);
+    })
+    .finally(() => {
+      if (cleanups.get(uid) === done) cleanups.delete(uid);
+    });
+  cleanups.set(uid, done);
+  return done;
+}
+
+/** Resolves once no cleanup of the uid is under way (at once when there is none). Never rejects. */
+export function cleanedUp(uid: number): Promise<void> {
+  return cleanups.get(uid) ?? Promise.resolve();
+}
+
+/** Resolves once every cleanup under way now is over (shutdown waits for them). Never rejects. */
+export async function allCleanedUp(): Promise<void> {
+  await Promise.all(cleanups.values());
+}

@@ -2,7 +2,8 @@
  * nsjail mode: one jail per cold run from the rendered python.cfg and the run's limits as flags,
  * started by the launcher inside the run's cgroup (where the host has one), so the jail and all it
  * starts are limited and killed with it. The runner inside still applies the same seccomp policy
- * and Landlock on top of the namespaces.
+ * and Landlock on top of the namespaces. Its /tmp and /dev/shm are the jail's own tmpfs, gone with
+ * its last process; the run's cgroup is removed after the answer (uidReaper.ts, cleanUpAfterAnswer).
  */
 import type { Config } from '../../config';
 import type { RunCgroup, RunCgroups } from '../cgroup/cgroups';
@@ -10,12 +11,16 @@ import { HOST_PYTHON, type SandboxFiles } from '../files';
 import { launcherArgv, runProcess, statusFdOf } from '../processRun';
 import { coldJob, runnerArgv } from '../protocol';
 import { failedRun, withUsageNote, type RunReport, type RunRequest, type SandboxPath } from '../types';
-import { killAllOfUid } from '../uidReaper';
+import { settlesWithin } from '../../deadline';
+import { allCleanedUp, cleanedUp, cleanUpAfterAnswer, killAllOfUid } from '../uidReaper';
 import { memoryVerdict, usageLimits } from '../usageWatch';
 import { JAIL_RUNNER_DIR, jailRunnerPaths, limitFlags } from './jail';
 
 /** The uid (and gid) a script has inside the jail. */
 const INSIDE_ID = 1000;
+
+/** How long shutdown waits for the cleanups of answered runs. */
+const CLOSE_TIMEOUT_MS = 3000;
 
 export interface NsjailOptions {
   binary: string;
@@ -35,6 +40,9 @@ export class NsjailSandbox implements SandboxPath {
   ) {}
 
   async run(request: RunRequest): Promise<RunReport> {
+    // The slot's last run may still be cleaning up after its answer: this one starts after.
+    const slotUid = this.config.sandboxUidBase + request.slot;
+    await cleanedUp(slotUid);
     let cgroup: RunCgroup | undefined;
     try {
       cgroup = this.cgroups?.create(request.slot, request.limits);
@@ -44,8 +52,19 @@ export class NsjailSandbox implements SandboxPath {
     try {
       return await this.runIn(cgroup, request);
     } finally {
-      await cgroup?.destroy();
+      // Before the answer: nothing of the run is left (runProcess killed it; this makes sure).
+      // After it: its cgroup is removed.
+      const made = cgroup;
+      if (made) {
+        await made.kill();
+        void cleanUpAfterAnswer(slotUid, () => made.destroy());
+      }
     }
+  }
+
+  /** Shutdown: the cleanups of answered runs finish (bounded). */
+  async close(): Promise<void> {
+    await settlesWithin(allCleanedUp(), CLOSE_TIMEOUT_MS);
   }
 
   private async runIn(cgroup: RunCgroup | undefined, request: RunRequest): Promise<RunReport> {

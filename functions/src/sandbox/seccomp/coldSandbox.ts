@@ -4,7 +4,8 @@
  * of the sandbox's root (slots.ts) with /tmp as its working directory, as the slot's own
  * unprivileged uid; the launcher (the host's Python, outside the sandbox) puts it there. The
  * runner then applies rlimits, no_new_privs, Landlock and the seccomp policy to itself before any
- * user code (sandbox-image/runner/confine.py). After the run the slot's /tmp is emptied.
+ * user code (sandbox-image/runner/confine.py). After the run's answer the slot's /tmp is emptied
+ * (off the answer's path; the slot's next run waits for it: uidReaper.ts, cleanUpAfterAnswer).
  */
 import type { Config } from '../../config';
 import type { RunCgroup, RunCgroups } from '../cgroup/cgroups';
@@ -12,9 +13,13 @@ import { HOST_PYTHON, type SandboxFiles } from '../files';
 import { launcherArgv, runProcess, statusFdOf, type ProcessResult } from '../processRun';
 import { coldJob, runnerArgv, sandboxEnvironment } from '../protocol';
 import { failedRun, withUsageNote, type RunReport, type RunRequest, type SandboxPath } from '../types';
-import { killAllOfUid, removeFilesOfUid } from '../uidReaper';
+import { settlesWithin } from '../../deadline';
+import { allCleanedUp, cleanedUp, cleanUpAfterAnswer, killAllOfUid, removeFilesOfUid } from '../uidReaper';
 import { memoryVerdict, usageLimits } from '../usageWatch';
 import { ROOT_WORKDIR, slotRunnerPaths, type SlotRoots } from './slots';
+
+/** How long shutdown waits for the cleanups of answered runs. */
+const CLOSE_TIMEOUT_MS = 3000;
 
 export class SeccompSandbox implements SandboxPath {
   readonly mode = 'seccomp' as const;
@@ -30,6 +35,8 @@ export class SeccompSandbox implements SandboxPath {
   async run(request: RunRequest): Promise<RunReport> {
     // The service is root (slotsUnusable refuses the mode otherwise): the slot's own uid.
     const uid = this.config.sandboxUidBase + request.slot;
+    // The slot's last run may still be removing its files after its answer: this one starts after.
+    await cleanedUp(uid);
     try {
       await this.slots.ensureSlot(request.slot, uid);
     } catch (error) {
@@ -54,11 +61,21 @@ export class SeccompSandbox implements SandboxPath {
       );
       return withUsageNote(toReport(result), result.exceeded ?? memoryVerdict(usage));
     } finally {
-      await cgroup?.destroy();
-      if (!cgroup) await killAllOfUid(uid);
-      await removeFilesOfUid(uid);
-      await this.slots.resetTmp(request.slot, uid);
+      // Before the answer: no process of the run is left (runProcess killed them; this makes
+      // sure, and costs one read when none is). After it: the cgroup and the files go, and the
+      // slot's next run waits for that (cleanedUp, above).
+      await (cgroup ? cgroup.kill() : killAllOfUid(uid));
+      void cleanUpAfterAnswer(uid, async () => {
+        await cgroup?.destroy();
+        await removeFilesOfUid(uid);
+        await this.slots.resetTmp(request.slot, uid);
+      });
     }
+  }
+
+  /** Shutdown: the cleanups of answered runs finish (bounded; what is left goes with the work directory at exit). */
+  async close(): Promise<void> {
+    await settlesWithin(allCleanedUp(), CLOSE_TIMEOUT_MS);
   }
 
   private async killRun(_launcherPid: number | undefined, uid: number, cgroup: RunCgroup | undefined): Promise<void> {

@@ -2,7 +2,8 @@
  * Seccomp mode's warm path: the zygote runs as root, chrooted into its own copy of the sandbox's
  * root (slots.ts), where the channel socket is too (/sandbox/warm). Each child connects to it,
  * then chroots into its slot's root below (/slots/<n>) while still root, before it takes its
- * run's uid; after the run the slot's /tmp is emptied.
+ * run's uid; after the run the slot's /tmp is emptied (slots.ts resetTmp) before the slot forks
+ * its next child.
  */
 import type { Config } from '../../config';
 import { removeFilesOfUid } from '../uidReaper';
@@ -23,8 +24,7 @@ export function seccompBoundary(config: Config, slots: SlotRoots): WarmBoundary 
     },
     async cleanUp(place, uid) {
       await removeFilesOfUid(uid);
-      const slot = uid - config.sandboxUidBase;
-      await slots.resetTmp(slot, uid);
+      await slots.resetTmp(uid - config.sandboxUidBase, uid);
     },
   };
 }

@@ -3,12 +3,15 @@
  * slot, a child that is already confined exactly as a cold run is (its own uid, its own
  * directory or namespaces, the allow-listed environment, rlimits, no_new_privs, Landlock, the
  * seccomp policy) and waits. A request hands it the job; the child runs one script and exits; it
- * is never reused. Its uid's processes are killed and its files removed before the slot gets its
- * next child. What differs between the modes is the boundary's (boundary.ts).
+ * is never reused. Its uid's processes are killed before its answer, and its files removed after
+ * it, before the slot gets its next child. What differs between the modes is the boundary's
+ * (boundary.ts).
  *
  * A child is confined, and placed in its cgroup, before its run exists: with the configured
- * limits (limits.ts), which are every run's today. A request that may lower its own limits needs
- * a child confined to them: prepared for it on demand, or lowered before its job.
+ * limits (limits.ts), every run's maxima. A run may ask for less: the service lowers the child's
+ * cgroup to the run's limits before the job is sent (a run whose cgroup cannot be lowered fails,
+ * it never runs with more), and the child lowers its own rlimits from the job before any user
+ * code (the runner).
  */
 import { randomUUID } from 'crypto';
 import * as path from 'path';
@@ -16,14 +19,14 @@ import type { Config } from '../../config';
 import { settlesWithin, withDeadline } from '../../deadline';
 import type { Logger } from '../../logging';
 import { CappedCapture, drainWithin } from '../capture';
-import type { RunCgroup, RunCgroups } from '../cgroup/cgroups';
+import { cgroupLimits, type RunCgroup, type RunCgroups } from '../cgroup/cgroups';
 import type { SandboxFiles } from '../files';
 import { runLimits, type RunLimits } from '../limits';
 import { DRAIN_AFTER_KILL_MS } from '../processRun';
 import { channelMaxBytes, readChannel, WARM_READY, warmJob } from '../protocol';
 import { RunGuard } from '../runGuard';
 import { failedRun, withUsageNote, type RunReport, type RunRequest, type SandboxPath } from '../types';
-import { allExiting, killAllOfUid, pidsByUid, processesOfUid } from '../uidReaper';
+import { allExiting, cleanedUp, cleanUpAfterAnswer, killAllOfUid, pidsByUid, processesOfUid } from '../uidReaper';
 import { memoryVerdict, usageLimits } from '../usageWatch';
 import { CHANNEL_SOCKET, type ChildPlace, type WarmBoundary } from './boundary';
 import { ChannelServer, type ChildStreams } from './channelServer';
@@ -59,7 +62,7 @@ type Slot =
   | { state: 'waiting'; child: WarmChild }
   /** Running one request's script. */
   | { state: 'running' }
-  /** Its run answered, or it died waiting: being reaped and its uid swept; `done` once the slot moved on. */
+  /** Its run answered, or it died waiting: being reaped, its uid swept and its files removed; `done` once the slot moved on. */
   | { state: 'settling'; done: Promise<void> };
 
 export class WarmSandbox implements SandboxPath {
@@ -139,11 +142,16 @@ export class WarmSandbox implements SandboxPath {
     try {
       return await this.execute(child, request);
     } finally {
-      // Before the answer: no process of the uid can run any more (execute made sure) and its
-      // files are gone. After it, the slot's next child waits for the zygote to have reaped
-      // this one (its address space torn down) and for a last sweep of the uid.
-      await this.boundary.cleanUp(child.place, child.uid);
-      this.settle(request.slot, this.reap(child), () => this.refill(request.slot));
+      // Before the answer: no process of the uid can run any more (execute made sure). After
+      // it, off the answer's path, the slot settles: the zygote reaps the child (its address
+      // space torn down), a last sweep of the uid, then the run's files are removed. The slot's
+      // next run waits for all of it (take: untilTakeable), and so does its next child.
+      const reaped = this.reap(child).catch(() => undefined);
+      this.settle(
+        request.slot,
+        reaped.then(() => cleanUpAfterAnswer(child.uid, () => this.boundary.cleanUp(child.place, child.uid))),
+        () => this.refill(request.slot),
+      );
     }
   }
 
@@ -254,10 +262,29 @@ export class WarmSandbox implements SandboxPath {
     await this.boundary.cleanUp(child.place, child.uid);
   }
 
+  /**
+   * The child was confined and cgrouped with this.limits; a run may only ask for less. Its cgroup
+   * is lowered to the run's limits here, before its job (its rlimits are lowered by the child
+   * itself, from the job). Returns why the run cannot have its limits, or undefined.
+   */
+  private async lowerTo(child: WarmChild, limits: RunLimits): Promise<string | undefined> {
+    const above = (['memoryBytes', 'maxProcesses', 'cpuSeconds', 'maxOpenFiles', 'maxFileBytes'] as const).filter((key) => limits[key] > this.limits[key]);
+    if (above.length > 0) return `the run's limits (${above.join(', ')}) are above those the warm children are confined to`;
+    if (!child.cgroup || (limits.memoryBytes === this.limits.memoryBytes && limits.maxProcesses === this.limits.maxProcesses)) return undefined;
+    try {
+      await child.cgroup.lower(cgroupLimits(limits));
+      return undefined;
+    } catch (error) {
+      return `the run's cgroup could not be lowered to its limits: ${(error as Error).message}`;
+    }
+  }
+
   /** Forks a child for the slot; resolves once it is confined, greeted and in its run's cgroup. */
   private async fork(slot: number): Promise<WarmChild> {
     await this.zygote.start();
     const uid = this.config.sandboxUidBase + slot;
+    // The uid's last run (a cold trial run at start-up too) may still be removing its files.
+    await cleanedUp(uid);
     const cgroup = this.cgroups?.create(slot, this.limits);
     const place = await this.boundary.placeChild(slot, uid, this.limits);
     const token = randomUUID();
@@ -296,6 +323,13 @@ export class WarmSandbox implements SandboxPath {
     // Serialized before anything is started for the run: nothing to release if it throws.
     const job = warmJob(request);
     const { limits } = request;
+    const refused = await this.lowerTo(child, limits);
+    if (refused) {
+      // The job is never sent: the child dies without running anything, and is reaped as usual.
+      await this.killAll(child);
+      for (const socket of Object.values(child.streams)) socket.destroy();
+      return failedRun(this.mode, refused);
+    }
     const started = process.hrtime.bigint();
     const { stdout, stderr, result } = child.streams;
     const captures = {
@@ -317,7 +351,7 @@ export class WarmSandbox implements SandboxPath {
       let exit = first.exit;
       let nothingLeft = false;
       if (!exit) {
-        nothingLeft = readChannel(captures.result).kind === 'message' && allExiting(this.processesOf(child));
+        nothingLeft = readChannel(captures.result, limits).kind === 'message' && allExiting(this.processesOf(child));
         exit = nothingLeft ? { code: 0, signal: null } : await child.exited;
       }
       const wallMs = Number(process.hrtime.bigint() - started) / 1e6;
@@ -325,7 +359,7 @@ export class WarmSandbox implements SandboxPath {
       if (!nothingLeft) await this.killAll(child); // descendants that outlived the child
       await drainWithin(Object.values(captures), DRAIN_AFTER_KILL_MS);
       for (const socket of [stdout, stderr, result]) socket.destroy();
-      const channel = readChannel(captures.result);
+      const channel = readChannel(captures.result, limits);
       if (exit.lost && channel.kind !== 'message' && !guard.timedOut && !guard.aborted) {
         return failedRun(this.mode, "the warm pool's zygote died during the run, and the run with it; it is being restarted");
       }
