@@ -1,11 +1,12 @@
 /**
  * What bench/run.js (`npm run bench`) and bench/soak.js (`npm run soak`) share: finding nsjail,
  * starting the service as users run it (the Functions Framework, scripts/serve.sh's command) on a
- * free loopback port, reading a process's memory and descendants from /proc, and describing the
+ * free loopback port (and the floor, bench/floor.js), reading a process's memory and descendants from /proc, and describing the
  * machine.
  */
 'use strict';
 const { spawn } = require('child_process');
+const { randomInt } = require('crypto');
 const fs = require('fs');
 const net = require('net');
 const os = require('os');
@@ -38,13 +39,34 @@ function freePort() {
 }
 
 /**
+ * A block of run uids for one bench run, far from the test helpers' ranges (200000 + k*64, below
+ * 3.4 M) and the soak's (4 M and up): 64 uids per service, for up to 15 services. A run's cleanup
+ * kills every process of its uid, which must never be another service's.
+ */
+const UID_BLOCK = 3500000 + randomInt(400) * 1024;
+let nextUidSlot = 0;
+
+/** Waits until a child process has exited. */
+function exited(child) {
+  return new Promise((resolve) => (child.exitCode !== null || child.signalCode !== null ? resolve() : child.once('exit', () => resolve())));
+}
+
+/**
  * Starts the service on a free loopback port and waits for /healthz. `mode` is SANDBOX_MODE; the
  * service must report that mode (any mode for 'auto') and `pathName` ('warm' or 'cold').
  * `stdout`: 'ignore' (the default) or 'pipe' (the caller reads the log lines).
+ * Unless `extraEnv` names them, the service gets a work root (SANDBOX_WORK_ROOT) and run uids
+ * (SANDBOX_UID_BASE) of its own; stop() ends it (SIGTERM, then SIGKILL after 15 s) and removes
+ * that work root.
  */
-async function startService(mode, pathName, extraEnv, { stdout = 'ignore' } = {}) {
+async function startService(mode, pathName, extraEnv = {}, { stdout = 'ignore' } = {}) {
   const port = await freePort();
   const nsjail = findNsjail();
+  const ownWorkRoot = extraEnv.SANDBOX_WORK_ROOT ? undefined : fs.mkdtempSync(path.join(os.tmpdir(), 'pyexec-bench-'));
+  const own = {
+    ...(ownWorkRoot ? { SANDBOX_WORK_ROOT: ownWorkRoot } : {}),
+    ...(extraEnv.SANDBOX_UID_BASE ? {} : { SANDBOX_UID_BASE: String(UID_BLOCK + 64 * nextUidSlot++ + 1) }),
+  };
   const child = spawn(process.execPath, [MAIN, '--target=service', '--signature-type=http'], {
     cwd: REPO,
     env: {
@@ -56,10 +78,26 @@ async function startService(mode, pathName, extraEnv, { stdout = 'ignore' } = {}
       MAX_QUEUE: '1000',
       MAX_QUEUE_WAIT_MS: '600000',
       ...(nsjail ? { NSJAIL_PATH: nsjail } : {}),
+      ...own,
+      ...(process.env.BENCH_SERVICE_ENV ? JSON.parse(process.env.BENCH_SERVICE_ENV) : {}),
       ...extraEnv,
     },
     stdio: ['ignore', stdout, 'inherit'],
   });
+  const stop = async () => {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
+    const killer = setTimeout(() => child.kill('SIGKILL'), 15000);
+    await exited(child);
+    clearTimeout(killer);
+    if (!ownWorkRoot) return;
+    // The warm pool's waiting children may outlive the service by a second or so (README, Soak).
+    await new Promise((r) => setTimeout(r, 2000));
+    try {
+      fs.rmSync(ownWorkRoot, { recursive: true, force: true, maxRetries: 5, retryDelay: 200 });
+    } catch (error) {
+      console.error(`bench: could not remove the work root ${ownWorkRoot}: ${error.message}`);
+    }
+  };
   const url = `http://127.0.0.1:${port}`;
   for (let i = 0; i < 300; i++) {
     try {
@@ -67,17 +105,48 @@ async function startService(mode, pathName, extraEnv, { stdout = 'ignore' } = {}
       if ((mode !== 'auto' && health.sandbox.mode !== mode) || health.sandbox.path !== pathName) {
         throw new Error(`wanted ${mode}/${pathName}, got ${health.sandbox.mode}/${health.sandbox.path}: ${JSON.stringify(health.sandbox.capabilities.warm_pool)}`);
       }
-      return { url, child, capacity: health.capacity, health };
+      return { url, child, capacity: health.capacity, health, env: { ...own, ...extraEnv }, stop };
     } catch (error) {
       if (String(error.message).startsWith('wanted')) {
         child.kill('SIGKILL');
+        await stop();
         throw error;
       }
-      if (child.exitCode !== null) throw new Error(`service exited during start-up (code ${child.exitCode})`, { cause: error });
+      if (child.exitCode !== null) {
+        await stop();
+        throw new Error(`service exited during start-up (code ${child.exitCode})`, { cause: error });
+      }
       await new Promise((r) => setTimeout(r, 100));
     }
   }
+  await stop();
   throw new Error('service did not start');
+}
+
+/**
+ * Starts bench/floor.js (the design's floor: no confinement) with `slots` run slots on a free
+ * loopback port and waits until its children are ready. Same shape as startService's answer.
+ */
+async function startFloor(slots, rootfs = process.env.SANDBOX_ROOTFS || '/var/cache/pyexec-rootfs/current/root') {
+  const port = await freePort();
+  const child = spawn(process.execPath, [path.join(__dirname, 'floor.js'), String(port), String(slots), rootfs], { cwd: REPO, stdio: ['ignore', 'ignore', 'inherit'] });
+  const stop = async () => {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
+    await exited(child);
+  };
+  const url = `http://127.0.0.1:${port}`;
+  for (let i = 0; i < 600; i++) {
+    try {
+      const health = await (await fetch(`${url}/healthz`)).json();
+      if (health.status === 'ok') return { url, child, capacity: health.capacity, health, stop };
+    } catch {
+      // not listening yet
+    }
+    if (child.exitCode !== null) throw new Error(`the floor exited during start-up (code ${child.exitCode})`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  await stop();
+  throw new Error('the floor did not start');
 }
 
 /** Resident memory of a process in KiB (/proc/<pid>/status VmRSS), 0 when it is gone. */
@@ -130,4 +199,4 @@ function machine() {
   return { cpus: os.cpus().length, cpu_model: os.cpus()[0]?.model ?? 'unknown', memory_gib: round(os.totalmem() / 2 ** 30), kernel, node: process.version, date: new Date().toISOString() };
 }
 
-module.exports = { REPO, MAIN, findNsjail, freePort, startService, rssKb, descendants, round, machine };
+module.exports = { REPO, MAIN, findNsjail, freePort, startService, startFloor, rssKb, descendants, round, machine };

@@ -1,6 +1,13 @@
 /**
  * Admission control: at most `capacity` runs at once, each on its own slot (slot n runs as uid
  * base+n), and a bounded FIFO queue with a maximum wait. Beyond that: 429 with Retry-After.
+ *
+ * Retry-After is the queue's drain time as it stands: a request refused now would have been
+ * position `queued + 1` in the queue, and `capacity` slots free up one run every
+ * `runMs / capacity` on average, so it says ceil((queued + 1) x runMs / capacity) seconds, at least 1.
+ * `runMs` is a moving average of how long recent leases held their slot (the run and its cleanup),
+ * raised to the age of the youngest run in flight when every slot is busy with runs older than
+ * that average (a slowdown shows before those runs end), and bounded by the longest a run may take.
  */
 import { ApiError } from './errors';
 
@@ -8,6 +15,13 @@ export interface Lease {
   slot: number;
   queueMs: number;
   release(): void;
+}
+
+export interface AdmissionOptions {
+  /** Milliseconds on a monotonic clock; performance.now() by default (tests inject a fake one). */
+  now?: () => number;
+  /** Weight of the newest run in the moving average of run durations, in (0, 1]; 0.2 by default. */
+  smoothing?: number;
 }
 
 interface Waiter {
@@ -18,15 +32,28 @@ interface Waiter {
 export class Admission {
   private readonly freeSlots: number[];
   private readonly waiters: Waiter[] = [];
+  /** When each slot in use was granted (ms on `now`). */
+  private readonly grantedAt = new Map<number, number>();
+  private averageRunMs: number | undefined;
   private closedReason: string | undefined;
+  private readonly now: () => number;
+  private readonly smoothing: number;
 
+  /**
+   * `maxRunS`: the longest one run may hold its slot, in seconds (SCRIPT_TIMEOUT_MS rounded up):
+   * no estimate of a run's duration exceeds it.
+   */
   constructor(
     readonly capacity: number,
     private readonly maxQueue: number,
     private readonly maxWaitMs: number,
-    private readonly retryAfterS: number,
+    private readonly maxRunS: number,
+    options: AdmissionOptions = {},
   ) {
     this.freeSlots = Array.from({ length: capacity }, (_, i) => i);
+    this.now = options.now ?? (() => performance.now());
+    this.smoothing = options.smoothing ?? 0.2;
+    if (!(this.smoothing > 0 && this.smoothing <= 1)) throw new RangeError(`smoothing must lie in (0, 1], got ${this.smoothing}`);
   }
 
   get inFlight(): number {
@@ -43,15 +70,46 @@ export class Admission {
     for (const waiter of this.waiters.splice(0)) waiter.grant(-1);
   }
 
+  /**
+   * The refusal acquire() would give right now without waiting (503 when closed, 429 when every
+   * slot is busy and the queue is full), or undefined. Costs no allocation when admitting: call it
+   * before reading a request's body, so a refused request costs almost nothing. acquire() still
+   * decides: the state may change while the body is read.
+   */
+  refusal(): ApiError | undefined {
+    if (this.closedReason) return this.shuttingDown();
+    if (this.freeSlots.length === 0 && this.waiters.length >= this.maxQueue) return this.queueFull();
+    return undefined;
+  }
+
+  /**
+   * Seconds until a request arriving now would get a slot: ceil((queued + 1) x runMs / capacity),
+   * at least 1 (the header's unit; 0 would invite an immediate retry).
+   */
+  retryAfterSeconds(): number {
+    const drainMs = ((this.waiters.length + 1) * this.estimatedRunMs()) / this.capacity;
+    return Math.max(1, Math.ceil(drainMs / 1000));
+  }
+
+  /** The expected time one run holds its slot, in ms (see the file's comment). */
+  estimatedRunMs(): number {
+    let estimate = this.averageRunMs ?? 0;
+    if (this.freeSlots.length === 0 && this.grantedAt.size > 0) {
+      const now = this.now();
+      let youngest = Infinity;
+      for (const granted of this.grantedAt.values()) youngest = Math.min(youngest, now - granted);
+      estimate = Math.max(estimate, youngest);
+    }
+    return Math.min(estimate, this.maxRunS * 1000);
+  }
+
   acquire(signal?: AbortSignal): Promise<Lease> {
-    const enqueuedAt = performance.now();
+    const enqueuedAt = this.now();
     if (this.closedReason) return Promise.reject(this.shuttingDown());
     // Least recently used slot first: its warm child has had the longest time to get ready.
     const slot = this.freeSlots.shift();
     if (slot !== undefined) return Promise.resolve(this.lease(slot, enqueuedAt));
-    if (this.waiters.length >= this.maxQueue) {
-      return Promise.reject(this.overloaded(`all ${this.capacity} run slots are busy and ${this.waiters.length} requests are already queued`));
-    }
+    if (this.waiters.length >= this.maxQueue) return Promise.reject(this.queueFull());
     return new Promise((resolve, reject) => {
       const waiter: Waiter = {
         enqueuedAt,
@@ -83,12 +141,16 @@ export class Admission {
 
   private lease(slot: number, enqueuedAt: number): Lease {
     let released = false;
+    const grantedAt = this.now();
+    this.grantedAt.set(slot, grantedAt);
     return {
       slot,
-      queueMs: performance.now() - enqueuedAt,
+      queueMs: grantedAt - enqueuedAt,
       release: () => {
         if (released) return;
         released = true;
+        this.grantedAt.delete(slot);
+        this.recordRun(this.now() - grantedAt);
         const next = this.waiters.shift();
         if (next) next.grant(slot);
         else this.freeSlots.push(slot);
@@ -96,8 +158,17 @@ export class Admission {
     };
   }
 
+  private recordRun(ms: number): void {
+    const bounded = Math.max(0, Math.min(ms, this.maxRunS * 1000));
+    this.averageRunMs = this.averageRunMs === undefined ? bounded : this.averageRunMs + this.smoothing * (bounded - this.averageRunMs);
+  }
+
+  private queueFull(): ApiError {
+    return this.overloaded(`all ${this.capacity} run slots are busy and ${this.waiters.length} requests are already queued`);
+  }
+
   private overloaded(message: string): ApiError {
-    return new ApiError('overloaded', message, {}, { 'Retry-After': String(this.retryAfterS) });
+    return new ApiError('overloaded', message, {}, { 'Retry-After': String(this.retryAfterSeconds()) });
   }
 
   private shuttingDown(): ApiError {
