@@ -23,6 +23,14 @@ case "$mode" in
     ;;
 esac
 
+# One set-up at a time per checkout: two `npm test` runs started together would otherwise both
+# reinstall node_modules or remove and recompile functions/build under each other's services.
+exec 9>.setup.lock
+if ! flock -n 9; then
+  echo "setup: another set-up of this checkout is running; waiting for it" >&2
+  flock 9
+fi
+
 # Node 24 first on PATH for everything below (npm ci's install scripts, tsc).
 node_bin=$(bash scripts/node.sh --bin-dir)
 export PATH="$node_bin:$PATH"
@@ -47,10 +55,10 @@ if [ "$mode" = "--lint" ] || [ "$mode" = "--npm" ]; then
   exit 0
 fi
 
-# The host's Debian packages, from sandbox-image/packages.txt (see there: until the service runs Python
-# inside the sandbox root, they include the interpreter it runs today).
-python="${SANDBOX_PYTHON:-/usr/bin/python3}"
-if ! "$python" -c 'import numpy, pandas, seccomp' >/dev/null 2>&1 || ! command -v pkill >/dev/null; then
+# The host's Debian packages, from sandbox-image/packages.txt: the host's python3 only for the cold
+# path's launcher (standard library only, run with -I -S; SANDBOX_PYTHON is the sandbox root's
+# interpreter, not this one), and procps. numpy, pandas and seccomp live in the sandbox root alone.
+if ! /usr/bin/python3 -I -S -c 'import ctypes, json, os, signal' >/dev/null 2>&1 || ! command -v pkill >/dev/null; then
   if [ "$(id -u)" = "0" ]; then
     echo "setup: installing the host's Debian packages from sandbox-image/packages.txt" >&2
     sh sandbox-image/install-packages.sh

@@ -4,6 +4,7 @@
  * answered 500 with the request id and logged with its stack (never sent to the client).
  *
  * Routes live under the context's basePath ('' when the function is served on its own).
+ * GET /runtime says what scripts run with (handlers/runtime.ts).
  * GET /health is the health check; /healthz is kept as an alias for local use only, because Cloud
  * Run's front end answers every path it reserves (/healthz among them) itself, with a 404.
  */
@@ -13,6 +14,7 @@ import { ApiError } from './errors';
 import { execute, type HandlerResult } from './handlers/execute';
 import { health } from './handlers/health';
 import { openapi } from './handlers/openapi';
+import { runtime } from './handlers/runtime';
 import { remoteIpFor, requestIdFor } from './http/caller';
 import { bodyBytes } from './http/requestBody';
 import { errorBody, sendJson } from './http/respond';
@@ -30,6 +32,7 @@ export const ROUTES: Record<string, Record<string, Handler>> = {
   // Alias for local use: on Cloud Run a request for /healthz never reaches the container.
   '/healthz': healthRoute,
   '/openapi.json': { GET: async (_req, _res, ctx, info) => openapi(ctx, info) },
+  '/runtime': { GET: async (_req, _res, ctx, info) => runtime(ctx, info) },
 };
 
 /** The request's path relative to basePath, or undefined when it lies outside it. */

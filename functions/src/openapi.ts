@@ -8,7 +8,9 @@ import { readFileSync } from 'fs';
 import * as path from 'path';
 import { ERROR_TYPES } from './errors';
 import { ARGS_MAX_DEPTH, errorSchema, executeRequestSchema, executeSuccessSchema } from './schemas';
-import { SETTINGS } from './config';
+import { SETTINGS, shownDefault } from './config';
+import { runtimeSchema } from './handlers/runtime';
+import { SANDBOX_MODES } from './sandbox/backends';
 
 interface PackageInfo {
   version: string;
@@ -59,9 +61,9 @@ export interface OpenApiOptions {
 }
 
 export function openApiDocument(options: OpenApiOptions = {}): Record<string, unknown> {
-  const limits = Object.fromEntries(SETTINGS.map((s) => [s.env, s.default]));
+  const limits: Record<string, string> = Object.fromEntries(SETTINGS.map((s) => [s.env, shownDefault(s)]));
   const pkg = readPackage();
-  const health = `${options.basePath ?? ''}/health`;
+  const runtime = `${options.basePath ?? ''}/runtime`;
   return {
     openapi: '3.1.0',
     info: {
@@ -72,7 +74,7 @@ export function openApiDocument(options: OpenApiOptions = {}): Record<string, un
         'POST a Python script that defines main(); it runs in a sandbox (nsjail, or seccomp + rlimits) and the answer carries ' +
         "main()'s return value as JSON plus everything the script printed. Default limits: " +
         `${limits.SCRIPT_TIMEOUT_MS} ms wall time, ${limits.SCRIPT_MEMORY_MB} MiB memory, ${limits.REQUEST_MAX_BYTES}-byte requests, ` +
-        `${limits.OUTPUT_MAX_BYTES}-byte stdout/stderr each, ${limits.RESULT_MAX_BYTES}-byte results (GET ${health} shows the effective ones). ` +
+        `${limits.OUTPUT_MAX_BYTES}-byte stdout/stderr each, ${limits.RESULT_MAX_BYTES}-byte results (GET ${runtime} shows the effective ones, the Python version and the packages). ` +
         `Fixed: args nest at most ${ARGS_MAX_DEPTH} levels deep. ` +
         'Deployed on Cloud Run, every request needs `Authorization: Bearer <identity token>` of a member holding roles/run.invoker ' +
         '(a public deployment, ALLOW_UNAUTHENTICATED=true, accepts requests without one).',
@@ -132,6 +134,27 @@ export function openApiDocument(options: OpenApiOptions = {}): Record<string, un
           },
         },
       },
+      '/runtime': {
+        get: {
+          operationId: 'runtime',
+          summary: 'What scripts run with: the Python version, the importable packages and their versions, the effective limits',
+          description:
+            "The Python side is what the sandbox's own interpreter reports (importlib.metadata inside the sandbox), found by one run " +
+            'through the sandbox the first time it is asked for and cached for the life of the instance.',
+          parameters: [{ $ref: '#/components/parameters/RequestId' }],
+          responses: {
+            '200': {
+              description: 'The runtime.',
+              headers: { 'X-Request-Id': { $ref: '#/components/headers/RequestId' } },
+              content: { 'application/json': { schema: { $ref: '#/components/schemas/Runtime' } } },
+            },
+            '403': CLOUD_RUN_REFUSAL,
+            '429': errorResponse(429, 'The first inspection found every run slot busy.', { 'Retry-After': { schema: { type: 'string' }, description: 'Seconds to wait.' } }),
+            '500': errorResponse(500, 'Service bug.'),
+            '503': errorResponse(503, 'No sandbox, or shutting down.'),
+          },
+        },
+      },
       '/openapi.json': {
         get: {
           operationId: 'openapi',
@@ -175,6 +198,7 @@ export function openApiDocument(options: OpenApiOptions = {}): Record<string, un
         ExecuteRequest: strip(executeRequestSchema),
         ExecuteSuccess: strip(executeSuccessSchema),
         ErrorResponse: strip(errorSchema),
+        Runtime: runtimeSchema,
         Health: {
           type: 'object',
           required: ['status', 'sandbox', 'capacity', 'in_flight', 'queued', 'limits', 'request_id'],
@@ -184,10 +208,10 @@ export function openApiDocument(options: OpenApiOptions = {}): Record<string, un
               type: 'object',
               required: ['mode', 'reason', 'capabilities'],
               properties: {
-                mode: { enum: ['nsjail', 'seccomp', null] },
+                mode: { enum: [...SANDBOX_MODES, null] },
                 path: { enum: ['warm', 'cold', null], description: 'warm: pre-forked, pre-confined interpreters; cold: a new interpreter per run.' },
                 reason: { type: 'string' },
-                requested: { enum: ['auto', 'nsjail', 'seccomp'] },
+                requested: { enum: ['auto', ...SANDBOX_MODES] },
                 capabilities: {
                   type: 'object',
                   additionalProperties: { type: 'object', required: ['available', 'detail'], properties: { available: { type: 'boolean' }, detail: { type: 'string' } } },

@@ -5,6 +5,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { ERROR_TYPES } from '../src/errors';
+import { SANDBOX_MODES } from '../src/sandbox/backends';
 import { execute, py, REPO, request, startService, type RunningService } from './helpers/service';
 
 let service: RunningService;
@@ -28,9 +29,16 @@ function expectValid(component: string, body: unknown) {
   if (!ok) throw new Error(`${component} invalid: ${JSON.stringify(validate.errors)}\n${JSON.stringify(body)}`);
 }
 
-test('is OpenAPI 3.1 with /execute, /health and /openapi.json (not the /healthz alias Cloud Run never passes)', () => {
+test('is OpenAPI 3.1 with /execute, /health, /openapi.json and /runtime (not the /healthz alias Cloud Run never passes)', () => {
   expect(doc.openapi).toBe('3.1.0');
-  expect(Object.keys(doc.paths).sort()).toEqual(['/execute', '/health', '/openapi.json']);
+  expect(Object.keys(doc.paths).sort()).toEqual(['/execute', '/health', '/openapi.json', '/runtime']);
+});
+
+test('the sandbox modes it names are the backends list (SANDBOX_MODES)', () => {
+  const sandbox = doc.components.schemas.Health.properties.sandbox.properties;
+  expect(sandbox.mode.enum).toEqual([...SANDBOX_MODES, null]);
+  expect(sandbox.requested.enum).toEqual(['auto', ...SANDBOX_MODES]);
+  expect(doc.components.schemas.Runtime.properties.sandbox.enum).toEqual([...SANDBOX_MODES]);
 });
 
 test("its version is the package's, and it declares the bearer identity token a deployment requires", () => {
@@ -111,6 +119,10 @@ test('real responses validate against the document', async () => {
   expect(refused.status).toBe(429);
   expectValid('ErrorResponse', refused.body);
   await busy;
+
+  const runtime = await request(`${service.url}/runtime`);
+  expect(runtime.status).toBe(200);
+  expectValid('Runtime', runtime.body);
 
   for (const url of ['/health', '/health?deep=1', '/healthz']) {
     const health = await request(`${service.url}${url}`);

@@ -5,6 +5,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { DockerfileParser, From, Instruction, JSONInstruction } from 'dockerfile-ast';
+import { PREPARED_WORLD } from '../../src/sandbox/seccomp/slots';
 import { dockerIgnore, REPO, repoFile } from './helpers';
 
 interface Stage {
@@ -90,7 +91,7 @@ describe('the sandbox root file system', () => {
     expect(build).toBeDefined();
     // ... and the build fails unless the packages it resolved are the committed lock.
     expect(build).toContain(`--check-manifest ${dir}/manifest.txt`);
-    expect(build).toMatch(/mv "\$root" \/rootfs\b/);
+    expect(build).toMatch(/mv "\$root" \/roots\/rootfs\b/);
     // debootstrap is the only package the stage installs itself.
     for (const r of runs(rootfs)) {
       for (const m of r.matchAll(/apt-get install ((?:-\S+\s+)*)([^&;|]+)/g)) {
@@ -112,7 +113,8 @@ describe('the sandbox root file system', () => {
   });
 
   test('lands at /opt/sandbox/rootfs, where SANDBOX_ROOTFS points, after the /opt/sandbox chmod', () => {
-    expect(copies(runtime)).toContainEqual({ from: 'rootfs-build', sources: ['/rootfs/'], dest: '/opt/sandbox/rootfs/' });
+    // One COPY from the stage: the root and its prepared slot roots share one layer (and their hard links).
+    expect(copies(runtime).filter((c) => c.from === 'rootfs-build')).toEqual([{ from: 'rootfs-build', sources: ['/roots/'], dest: '/opt/sandbox/' }]);
     const all = runtime.instructions;
     const copy = all.findIndex(
       (i) =>
@@ -120,7 +122,7 @@ describe('the sandbox root file system', () => {
         i
           .getArguments()
           .map((a) => a.getValue())
-          .join(' ') === '/rootfs/ /opt/sandbox/rootfs/',
+          .join(' ') === '/roots/ /opt/sandbox/',
     );
     expect(copy).toBeGreaterThan(-1);
     // The recursive chmod of /opt/sandbox comes first: after it, it would copy the root into a second layer.
@@ -128,6 +130,35 @@ describe('the sandbox root file system', () => {
     expect(chmod).toBeGreaterThan(-1);
     expect(chmod).toBeLessThan(copy);
     expect(envOf(runtime).SANDBOX_ROOTFS).toBe('/opt/sandbox/rootfs');
+  });
+
+  test("seccomp mode's slot roots are prepared beside it, in its layer, where the service looks for them", () => {
+    // world.sh makes <dirname ROOT>/world with slots/0..SANDBOX_SLOTS-1, hard links of the root.
+    const script = repoFile('sandbox-image/rootfs/world.sh');
+    expect(script).toContain(`world="$(dirname "$root")/${PREPARED_WORLD}"`);
+    expect(script).toMatch(/cp -al -- "\$root" "\$world"\n/);
+    expect(script).toMatch(/cp -al -- "\$root" "\$world\/slots\/\$n"/);
+    const copy = copies(rootfs).find((c) => c.sources.some((s) => s.replace(/\/$/, '') === 'sandbox-image/rootfs'))!;
+    const dir = copy.dest.replace(/\/$/, '');
+    const all = runs(rootfs);
+    const world = all.findIndex((r) => r.includes(`bash ${dir}/world.sh /roots/rootfs "\${SANDBOX_SLOTS}"`));
+    expect(world).toBeGreaterThan(-1);
+    // After the root's build, and the ARG between them: changing the slot count does not rebuild the root.
+    const build = all.findIndex((r) => r.includes(`bash ${dir}/build.sh`));
+    expect(build).toBeLessThan(world);
+    const instructions = rootfs.instructions;
+    const argAt = instructions.findIndex((i) => i.getKeyword() === 'ARG' && /^SANDBOX_SLOTS=\d+$/.test((i.getArgumentsContent() ?? '').trim()));
+    const runAt = (n: number) => instructions.indexOf(keyword(rootfs, 'RUN')[n]);
+    expect(argAt).toBeGreaterThan(runAt(build));
+    expect(argAt).toBeLessThan(runAt(world));
+    const slots = Number(/^SANDBOX_SLOTS=(\d+)$/.exec((instructions[argAt].getArgumentsContent() ?? '').trim())![1]);
+    expect(slots).toBeGreaterThanOrEqual(1);
+    // The build checks the result is made of the root's own files.
+    expect(all[world]).toMatch(/stat -c %i \/roots\/rootfs\/var\/lib\/dpkg\/status\)" = "\$\(stat -c %i \/roots\/world\/slots\/0\/var\/lib\/dpkg\/status/);
+    // /roots/world lands next to SANDBOX_ROOTFS, under the name slots.ts looks for.
+    const rootfsDir = envOf(runtime).SANDBOX_ROOTFS;
+    expect(path.posix.join(path.posix.dirname(rootfsDir), PREPARED_WORLD)).toBe(path.posix.join('/opt/sandbox', path.posix.relative('/roots', `/roots/${PREPARED_WORLD}`)));
+    expect(rootfsDir).toBe(path.posix.join('/opt/sandbox', path.posix.relative('/roots', '/roots/rootfs')));
   });
 });
 
@@ -213,6 +244,10 @@ describe('the service', () => {
     // What a script imports comes from the sandbox root: no Python package besides those of
     // packages.txt reaches the runtime stage.
     expect(runs(runtime).join(' ')).not.toMatch(/\bpip3? install\b/);
+    // ... and the host's list has none of the sandbox's: the host's python3 runs only the cold
+    // path's launcher (standard library only); numpy, pandas and seccomp live in the sandbox root.
+    const hostPackages = repoFile('sandbox-image/packages.txt').replace(/#.*/g, '').split(/\s+/).filter(Boolean);
+    expect(hostPackages.sort()).toEqual(['procps', 'python3']);
   });
 
   test('environment: production, sandbox paths and port', () => {

@@ -2,7 +2,8 @@
  * The seccomp backend: the runner as a subprocess under the run slot's own uid, chrooted into the
  * slot's own copy of the sandbox's root, confined by the rlimits, Landlock rules and seccomp
  * policy it applies to itself. Its cold path is coldSandbox.ts, its warm path's boundary
- * warmBoundary.ts, and the slots' roots slots.ts.
+ * warmBoundary.ts, and the slots' roots slots.ts (prepared with the image, or linked at run time:
+ * the finding's slot_roots says which).
  */
 import type { Backend } from '../backends';
 import { LimitedSandbox } from '../limits';
@@ -20,14 +21,15 @@ export const seccompBackend: Backend<'seccomp'> = {
   async trial({ config, files, cgroups }) {
     const refused = slotsUnusable();
     if (refused) return { findings: { seccomp: { available: false, detail: refused }, landlock: { available: false, abi: 0, detail: 'unknown: the trial run that reports it did not run' } } };
-    const slots = new SlotRoots(config, files);
+    // The image's prepared roots when it has them (slots.ts), otherwise linked at run time.
+    const slots = await SlotRoots.create(config, files);
     const cold = new LimitedSandbox(new SeccompSandbox(config, files, cgroups, slots), config);
     const trial = await trialRun(cold);
     const layers = trial.report.channel.kind === 'message' ? trial.report.channel.message.layers : undefined;
     const abi = layers?.landlock_abi ?? 0;
     return {
       findings: {
-        seccomp: { available: trial.ok, detail: trial.detail },
+        seccomp: { available: trial.ok, detail: trial.detail, slot_roots: slots.source.detail },
         landlock: {
           available: abi > 0,
           abi,
