@@ -106,14 +106,14 @@ const KINDS = {
     stderr: (args, nonce) => `${nonce} err\n`,
   },
   files: {
-    // Files in the run's private working directory (the API has no file upload yet): it must start
-    // empty, so a file of an earlier run would show here.
+    // Files in the run's private working directory: it must start with nothing but an empty out/
+    // (for output files), so a file of an earlier run would show here.
     legit: true,
     weight: 8,
     script: py(
       'import os, tempfile',
       'def main(nonce):',
-      '    before = sorted(os.listdir("."))',
+      '    before = sorted(os.listdir(".")) + sorted("out/" + name for name in os.listdir("out"))',
       '    with open("data.txt", "w") as f:',
       '        f.write(nonce * 100)',
       '    with tempfile.NamedTemporaryFile("w+", delete=False) as t:',
@@ -123,7 +123,7 @@ const KINDS = {
       '    return {"nonce": nonce, "value": {"before": before, "back": back}}',
     ),
     args: (nonce) => ({ nonce }),
-    value: () => ({ before: [], back: true }),
+    value: () => ({ before: ['out'], back: true }),
   },
   async_main: {
     legit: true,
