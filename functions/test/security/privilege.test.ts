@@ -4,6 +4,7 @@
  * other syscall ABIs, risky kernel interfaces). Syscalls are made by number through ctypes, the
  * way an attacker would, so Python's own wrappers are not what is tested.
  */
+import { spawnSync } from 'child_process';
 import { sandboxModes } from '../helpers/service';
 import { attack, attackCase, execute, py, SECURITY_LIMITS, startService, TRY, type Layer, type RunningService } from './helpers';
 
@@ -229,6 +230,11 @@ describe.each(sandboxModes())('security: processes and privilege in %s mode', (m
         "    return {'getpid': int80(20), 'socketcall': int80(102)}",
       ),
     );
+    if (answer.status === 422 && answer.body.error.signal === 'SIGSEGV' && hostRefusesInt80()) {
+      // Some kernels (PVM and Firecracker guests among them) give no i386 ABI to 64-bit
+      // processes at all: int 0x80 faults outside any sandbox too, which refuses it even sooner.
+      return;
+    }
     expect(answer.status).toBe(200);
     expect(answer.body.result).toEqual({ getpid: -38, socketcall: -38 });
   });
@@ -279,3 +285,15 @@ describe.each(sandboxModes())('security: processes and privilege in %s mode', (m
     expect(typeof answer.body.result.query).toBe('number');
   });
 });
+
+/** Whether int 0x80 faults in a plain process of the host, outside any sandbox (the test's own probe of the kernel). */
+function hostRefusesInt80(): boolean {
+  const probe = [
+    'import ctypes, mmap',
+    "code = b'\\xb8\\x14\\x00\\x00\\x00\\x31\\xdb\\x31\\xc9\\xcd\\x80\\xc3'",
+    'page = mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)',
+    'page.write(code)',
+    'ctypes.CFUNCTYPE(ctypes.c_int)(ctypes.addressof(ctypes.c_char.from_buffer(page)))()',
+  ].join('\n');
+  return spawnSync('/usr/bin/python3', ['-I', '-c', probe]).signal === 'SIGSEGV';
+}
