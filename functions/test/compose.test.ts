@@ -179,5 +179,5 @@ test('served on its own (--target=service), an invalid setting still stops the s
   child.stderr!.on('data', (d: Buffer) => (output += d.toString('utf8')));
   const code = await new Promise<number | null>((resolve) => child.on('exit', (c) => resolve(c)));
   expect(code).toBe(1);
-  expect(output).toContain('MAX_CONCURRENT_RUNS must be between 1 and 1000');
+  expect(output).toContain('MAX_CONCURRENT_RUNS must be a whole number from 1 to 1000, got "0"');
 });
