@@ -5,7 +5,7 @@
  * is asked to write is plain: relative, normalised, unique, and never where output files go.
  */
 import { ApiError } from './errors';
-import { OUTPUT_DIR } from './sandbox/protocol';
+import { base64DecodedBytes, OUTPUT_DIR } from './sandbox/protocol';
 import type { ExecuteRequest } from './schemas';
 
 export interface InputFileCaps {
@@ -23,7 +23,6 @@ export interface InputFileCaps {
 const NAME_MAX_BYTES = 255;
 // eslint-disable-next-line no-control-regex -- control characters are exactly what is refused
 const CONTROL = /[\u0000-\u001f\u007f]/;
-const BASE64 = /^[A-Za-z0-9+/]*={0,2}$/;
 /** Half of a surrogate pair without its other half: JSON may carry it, UTF-8 cannot encode it. */
 const LONE_SURROGATE = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/;
 
@@ -91,10 +90,9 @@ function decodedSize(file: RequestFile, field: string): number {
     }
     return Buffer.byteLength(file.content, 'utf8');
   }
-  const encoded = file.content_base64 ?? '';
-  if (encoded.length % 4 !== 0 || !BASE64.test(encoded)) {
+  const bytes = base64DecodedBytes(file.content_base64 ?? '');
+  if (bytes === undefined) {
     throw new ApiError('invalid_request', `"${field}.content_base64" is not standard padded base64 (A-Z, a-z, 0-9, "+", "/", "=")`, { field: `${field}.content_base64` });
   }
-  const padding = encoded.endsWith('==') ? 2 : encoded.endsWith('=') ? 1 : 0;
-  return (encoded.length / 4) * 3 - padding;
+  return bytes;
 }

@@ -341,6 +341,13 @@ function underOutputDir(path: string): boolean {
 
 const BASE64 = /^[A-Za-z0-9+/]*={0,2}$/;
 
+/** The bytes standard padded base64 decodes to, or undefined when it is not that (both directions of files use it). */
+export function base64DecodedBytes(encoded: string): number | undefined {
+  if (encoded.length % 4 !== 0 || !BASE64.test(encoded)) return undefined;
+  const padding = encoded.endsWith('==') ? 2 : encoded.endsWith('=') ? 1 : 0;
+  return (encoded.length / 4) * 3 - padding;
+}
+
 /** The files fit the run's caps, each path is plain and unique, and each one's base64 holds exactly its size in bytes. */
 function filesWithinCaps(files: OutputFile[], limits: ChannelLimits): boolean {
   if (files.length > limits.outputFilesMax) return false;
@@ -349,10 +356,7 @@ function filesWithinCaps(files: OutputFile[], limits: ChannelLimits): boolean {
   for (const file of files) {
     if (!underOutputDir(file.path)) return false;
     total += file.size;
-    const encoded = file.content_base64;
-    if (encoded.length % 4 !== 0 || !BASE64.test(encoded)) return false;
-    const padding = encoded.endsWith('==') ? 2 : encoded.endsWith('=') ? 1 : 0;
-    if ((encoded.length / 4) * 3 - padding !== file.size) return false;
+    if (base64DecodedBytes(file.content_base64) !== file.size) return false;
   }
   return total <= limits.outputFilesMaxBytes;
 }
