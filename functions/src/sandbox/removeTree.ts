@@ -30,7 +30,7 @@
  * run directory is one rmdir; one holding only a few files, one level of unlinks.
  */
 import { spawn, spawnSync } from 'child_process';
-import { accessSync, constants, lstatSync, readdirSync, readFileSync, realpathSync, rmdirSync, unlinkSync } from 'fs';
+import { accessSync, constants, lstatSync, opendirSync, readdirSync, readFileSync, realpathSync, rmdirSync, unlinkSync, type Dirent } from 'fs';
 import * as path from 'path';
 
 export interface Removal {
@@ -283,9 +283,18 @@ const SHALLOW_MAX_DEPTH = 3;
 export function emptyShallowTree(dir: string): boolean {
   let budget = SHALLOW_MAX_ENTRIES;
   const empty = (at: string, depth: number): boolean => {
-    const entries = readdirSync(at, { withFileTypes: true });
-    budget -= entries.length;
-    if (budget < 0) return false;
+    // Read one entry at a time and stop past the budget: a directory of millions of empty files
+    // must not be listed whole on the event loop.
+    const entries: Dirent[] = [];
+    const listing = opendirSync(at);
+    try {
+      for (let entry = listing.readSync(); entry; entry = listing.readSync()) {
+        entries.push(entry);
+        if (--budget < 0) return false;
+      }
+    } finally {
+      listing.closeSync();
+    }
     for (const entry of entries) {
       const full = path.join(at, entry.name);
       if (entry.isDirectory()) {

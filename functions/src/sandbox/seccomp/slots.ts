@@ -51,6 +51,7 @@ import { MIB } from '../limits';
 import { holdLock, type HeldLock } from '../locks';
 import type { RunnerPaths } from '../protocol';
 import { emptyShallowTree, removeTree } from '../removeTree';
+import { processesOfUid } from '../uidReaper';
 import type { WatchedDir } from '../usageWatch';
 import { disposeOf } from '../workRoot';
 
@@ -189,7 +190,9 @@ export class SlotRoots {
     // The common case, spawning nothing and without a thread-pool round trip: the run left a few
     // small things (its empty out/ at least), and its /tmp is made afresh at once. Anything else,
     // and any failure: removed whole below.
-    if (emptyShallowTree(tmp) && freshTmpSync(tmp, uid)) return;
+    // Only with no process of the uid left: emptyShallowTree goes by path, and a live process
+    // could swap a directory for a symlink under it (the fallback is descriptor-relative).
+    if (processesOfUid(uid).length === 0 && emptyShallowTree(tmp) && freshTmpSync(tmp, uid)) return;
     try {
       await disposeOf(this.config.workRoot, tmp);
       await this.freshTmp(tmp, uid);
