@@ -5,6 +5,7 @@
  */
 import { ERROR_TYPES } from './errors';
 import { SANDBOX_MODES } from './sandbox/backends';
+import { SKIPPED_MAX, SKIP_REASONS } from './sandbox/protocol';
 
 /**
  * How deeply `args` may nest: arrays and objects count, `args` itself is level 1. Deeper input is
@@ -130,8 +131,7 @@ export const executeSuccessSchema = {
     },
     skipped: {
       type: 'array',
-      description:
-        'Entries under out/ that were not returned, and why: symlink, fifo, socket, device, other, name_not_utf8, name_not_printable (a control character), path_too_long, too_deep, changed, unreadable, error (at most 100 listed).',
+      description: `Entries under out/ that were not returned, and why (name_not_printable: a control character in the name): ${SKIP_REASONS.join(', ')} (at most ${SKIPPED_MAX} listed).`,
       items: {
         type: 'object',
         additionalProperties: false,

@@ -164,7 +164,7 @@ export function channelMaxBytes(limits: RunLimits): number {
 }
 
 const RUNNER_ERROR_TYPES = ['syntax_error', 'missing_main', 'input_files', 'runtime_error', 'result_not_serializable', 'result_too_large', 'memory_limit', 'killed', 'sandbox_error'] as const;
-const SKIP_REASONS = ['symlink', 'fifo', 'socket', 'device', 'other', 'name_not_utf8', 'name_not_printable', 'path_too_long', 'too_deep', 'changed', 'unreadable', 'error'] as const;
+export const SKIP_REASONS = ['symlink', 'fifo', 'socket', 'device', 'other', 'name_not_utf8', 'name_not_printable', 'path_too_long', 'too_deep', 'changed', 'unreadable', 'error'] as const;
 type RunnerErrorType = (typeof RUNNER_ERROR_TYPES)[number];
 
 const nullableInt = { type: ['integer', 'null'] };
