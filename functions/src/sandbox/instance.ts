@@ -43,7 +43,7 @@ import type { Config } from '../config';
 import type { Logger } from '../logging';
 import { holdLock, isHeld, type HeldLock } from './locks';
 import type { Finding } from './types';
-import { killAllOfUid, pidsByUid, removeFilesOfUids } from './uidReaper';
+import { cleanUpAfterAnswer, killAllOfUid, pidsByUid, removeFilesOfUids } from './uidReaper';
 
 export interface UidRange {
   /** Run slot n's uid is base+n. */
@@ -113,6 +113,7 @@ export async function claimUidRange(config: Config, logger?: Logger): Promise<Ui
     lock: lock?.file,
     swept_processes: swept.processes,
     swept_files: swept.files,
+    quarantined_uids: swept.quarantined,
   });
   if (lock) {
     // Tidiness only (a lock file nobody holds is free): the next claim need not check this one.
@@ -251,15 +252,26 @@ function localAccountUids(): number[] {
   }
 }
 
-/** Kills what the range's uids still run here and removes their files in the world-writable places. */
-async function sweepRange(range: UidRange): Promise<{ processes: number; files: number }> {
+/**
+ * Kills what the range's uids still run here and removes their files in the world-writable places.
+ * A uid whose processes survive is quarantined (killAllOfUid): its slot refuses runs until they
+ * are gone, and its files are removed after that (its recovery is the first of its cleanups).
+ */
+async function sweepRange(range: UidRange): Promise<{ processes: number; files: number; quarantined: number[] }> {
   const uids = new Set<number>();
   for (let uid = range.first; uid <= range.last; uid++) uids.add(uid);
   let processes = 0;
+  const quarantined: number[] = [];
   for (const [uid, pids] of pidsByUid(uids)) {
     processes += pids.length;
-    await killAllOfUid(uid);
+    try {
+      await killAllOfUid(uid);
+    } catch {
+      quarantined.push(uid);
+      uids.delete(uid);
+      void cleanUpAfterAnswer(uid, async () => void (await removeFilesOfUids(new Set([uid]))));
+    }
   }
   const files = (await removeFilesOfUids(uids)).length;
-  return { processes, files };
+  return { processes, files, quarantined };
 }

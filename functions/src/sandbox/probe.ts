@@ -11,6 +11,7 @@ import { BACKENDS, type BackendTrial, type SandboxMode } from './backends';
 import { probeCgroups, RunCgroups } from './cgroup/cgroups';
 import { sandboxRootProblem, stageSandboxFiles, type SandboxFiles } from './files';
 import { claimUidRange, uidRangeFinding } from './instance';
+import { reportQuarantinesTo } from './uidReaper';
 import { LimitedSandbox } from './limits';
 import { trialRun } from './trial';
 import { failedRun, NOT_TRIED, type Finding, type RunOrder, type RunReport, type Sandbox } from './types';
@@ -59,6 +60,8 @@ export function allCapabilities(finding: Finding): ProbeReport['capabilities'] {
 }
 
 export async function probe(configured: Config, logger?: Logger): Promise<ProbeResult> {
+  // A uid whose processes survive its kills is logged as it is quarantined and as it recovers.
+  if (logger) reportQuarantinesTo(logger);
   // The uids this instance's runs execute as, claimed host-wide before anything runs (instance.ts):
   // with the default SANDBOX_UID_BASE, possibly another range than the configured one. Claimed
   // first, so that what a dead instance's runs left running is gone before the work root is cleaned.

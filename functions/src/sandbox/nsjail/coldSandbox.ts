@@ -4,6 +4,8 @@
  * starts are limited and killed with it. The runner inside still applies the same seccomp policy
  * and Landlock on top of the namespaces. Its /tmp and /dev/shm are the jail's own tmpfs, gone with
  * its last process; the run's cgroup is removed after the answer (uidReaper.ts, cleanUpAfterAnswer).
+ * As root, a run some of whose processes survive every kill is answered 503, and its slot's uid is
+ * quarantined: the slot's runs are refused until they are gone (uidReaper.ts, killAllOfUid).
  */
 import type { Config } from '../../config';
 import type { RunCgroup, RunCgroups } from '../cgroup/cgroups';
@@ -12,7 +14,7 @@ import { launcherArgv, runProcess, statusFdOf } from '../processRun';
 import { coldJob, runnerArgv } from '../protocol';
 import { failedRun, withUsageNote, type RunReport, type RunRequest, type SandboxPath } from '../types';
 import { settlesWithin } from '../../deadline';
-import { allCleanedUp, cleanedUp, cleanUpAfterAnswer, killAllOfUid } from '../uidReaper';
+import { allCleanedUp, cleanUpAfterAnswer, endRun, killAllOfUid, uidReady } from '../uidReaper';
 import { memoryVerdict, usageLimits } from '../usageWatch';
 import { JAIL_RUNNER_DIR, jailRunnerPaths, limitFlags } from './jail';
 
@@ -40,26 +42,31 @@ export class NsjailSandbox implements SandboxPath {
   ) {}
 
   async run(request: RunRequest): Promise<RunReport> {
-    // The slot's last run may still be cleaning up after its answer: this one starts after.
+    // The slot's last run may still be cleaning up after its answer: this one starts after. A
+    // uid whose processes survived its last kill gets no run until they are gone.
     const slotUid = this.config.sandboxUidBase + request.slot;
-    await cleanedUp(slotUid);
+    const refused = await uidReady(slotUid);
+    if (refused) return failedRun(this.mode, `run slot ${request.slot} refuses runs: ${refused}`);
     let cgroup: RunCgroup | undefined;
     try {
       cgroup = this.cgroups?.create(request.slot, request.limits);
     } catch (error) {
       return failedRun(this.mode, `the run's cgroup could not be created: ${(error as Error).message}`);
     }
+    let report: RunReport;
+    let survivors: string | undefined;
     try {
-      return await this.runIn(cgroup, request);
+      report = await this.runIn(cgroup, request);
     } finally {
-      // Before the answer: nothing of the run is left (runProcess killed it; this makes sure).
-      // After it: its cgroup is removed.
+      // Before the answer: nothing of the run is left (runProcess killed it; this makes sure:
+      // through its cgroup, and as root by its uid, every jailed process's outside uid). After
+      // it: its cgroup is removed, once the uid is clear (a quarantined uid's recovery first).
       const made = cgroup;
-      if (made) {
-        await made.kill();
-        void cleanUpAfterAnswer(slotUid, () => made.destroy());
-      }
+      if (this.isRoot) survivors = await endRun(slotUid, made);
+      else await made?.kill();
+      if (made) void cleanUpAfterAnswer(slotUid, () => made.destroy());
     }
+    return survivors ? failedRun(this.mode, `the run's processes could not all be killed: ${survivors}; run slot ${request.slot} refuses runs until they are gone`, report.wallMs) : report;
   }
 
   /** Shutdown: the cleanups of answered runs finish (bounded). */

@@ -6,6 +6,8 @@
  * runner then applies rlimits, no_new_privs, Landlock and the seccomp policy to itself before any
  * user code (sandbox-image/runner/confine.py). After the run's answer the slot's /tmp is emptied
  * (off the answer's path; the slot's next run waits for it: uidReaper.ts, cleanUpAfterAnswer).
+ * A run some of whose processes survive every kill is answered 503, and its uid is quarantined:
+ * the slot's runs are refused until they are gone (uidReaper.ts, killAllOfUid).
  */
 import type { Config } from '../../config';
 import type { RunCgroup, RunCgroups } from '../cgroup/cgroups';
@@ -14,7 +16,7 @@ import { launcherArgv, runProcess, statusFdOf, type ProcessResult } from '../pro
 import { coldJob, runnerArgv, sandboxEnvironment } from '../protocol';
 import { failedRun, withUsageNote, type RunReport, type RunRequest, type SandboxPath } from '../types';
 import { settlesWithin } from '../../deadline';
-import { allCleanedUp, cleanedUp, cleanUpAfterAnswer, killAllOfUid, removeFilesOfUid } from '../uidReaper';
+import { allCleanedUp, cleanUpAfterAnswer, endRun, killAllOfUid, removeFilesOfUid, uidReady } from '../uidReaper';
 import { memoryVerdict, usageLimits } from '../usageWatch';
 import { ROOT_WORKDIR, slotRunnerPaths, type SlotRoots } from './slots';
 
@@ -35,8 +37,10 @@ export class SeccompSandbox implements SandboxPath {
   async run(request: RunRequest): Promise<RunReport> {
     // The service is root (slotsUnusable refuses the mode otherwise): the slot's own uid.
     const uid = this.config.sandboxUidBase + request.slot;
-    // The slot's last run may still be removing its files after its answer: this one starts after.
-    await cleanedUp(uid);
+    // The slot's last run may still be removing its files after its answer: this one starts
+    // after. A uid whose processes survived its last kill gets no run until they are gone.
+    const refused = await uidReady(uid);
+    if (refused) return failedRun(this.mode, `run slot ${request.slot} refuses runs: ${refused}`);
     try {
       await this.slots.ensureSlot(request.slot, uid);
     } catch (error) {
@@ -49,6 +53,8 @@ export class SeccompSandbox implements SandboxPath {
       return failedRun(this.mode, `the run's cgroup could not be created: ${(error as Error).message}`);
     }
     const dir = this.slots.watchedTmp(request.slot);
+    let report: RunReport;
+    let survivors: string | undefined;
     try {
       const job = coldJob(request, slotRunnerPaths());
       const run = { statusFd: statusFdOf(0), uid, join: cgroup?.procsFiles ?? [], chroot: this.slots.slotRoot(request.slot), chdir: ROOT_WORKDIR };
@@ -59,18 +65,20 @@ export class SeccompSandbox implements SandboxPath {
         { argv, env: sandboxEnvironment(ROOT_WORKDIR), cwd: '/', stdin: job, extraReadFds: 0 },
         { limits: request.limits, signal: request.signal, usage, killRun: (launcherPid) => this.killRun(launcherPid, uid, cgroup) },
       );
-      return withUsageNote(toReport(result), result.exceeded ?? memoryVerdict(usage));
+      report = withUsageNote(toReport(result), result.exceeded ?? memoryVerdict(usage));
     } finally {
       // Before the answer: no process of the run is left (runProcess killed them; this makes
-      // sure, and costs one read when none is). After it: the cgroup and the files go, and the
-      // slot's next run waits for that (cleanedUp, above).
-      await (cgroup ? cgroup.kill() : killAllOfUid(uid));
+      // sure, by the uid whatever the cgroup did, and costs one read when none is). After it:
+      // the cgroup and the files go, and the slot's next run waits for that (uidReady, above);
+      // if some survived, the uid is quarantined and the cleanup waits for its recovery.
+      survivors = await endRun(uid, cgroup);
       void cleanUpAfterAnswer(uid, async () => {
         await cgroup?.destroy();
         await removeFilesOfUid(uid);
         await this.slots.resetTmp(request.slot, uid);
       });
     }
+    return survivors ? failedRun(this.mode, `the run's processes could not all be killed: ${survivors}; run slot ${request.slot} refuses runs until they are gone`, report.wallMs) : report;
   }
 
   /** Shutdown: the cleanups of answered runs finish (bounded; what is left goes with the work directory at exit). */
