@@ -222,6 +222,14 @@ export function openApiDocument(options: OpenApiOptions = {}): Record<string, un
             in_flight: { type: 'integer' },
             queued: { type: 'integer' },
             limits: { type: 'object', additionalProperties: { type: 'number' } },
+            quarantined_uids: {
+              type: 'array',
+              description: 'Run uids out of use: processes of theirs survived SIGKILL. Their slots refuse runs (503) until the processes are gone; the service retries the kill with backoff.',
+              items: {
+                type: 'object',
+                properties: { uid: { type: 'integer' }, since: { type: 'string' }, pids: { type: 'array', items: { type: 'integer' } }, detail: { type: 'string' } },
+              },
+            },
             warm_pool: {
               type: 'object',
               description: 'Warm path only: children confined and waiting for a job (each becomes exactly one run).',

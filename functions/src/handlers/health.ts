@@ -8,6 +8,7 @@
 import type { IncomingMessage } from 'http';
 import type { RequestInfo, ServiceContext } from '../context';
 import { trialRun } from '../sandbox/trial';
+import { quarantinedUids } from '../sandbox/uidReaper';
 import type { HandlerResult } from './execute';
 
 export async function health(req: IncomingMessage, ctx: ServiceContext, info: RequestInfo): Promise<HandlerResult> {
@@ -19,6 +20,8 @@ export async function health(req: IncomingMessage, ctx: ServiceContext, info: Re
     capacity: ctx.admission.capacity,
     in_flight: ctx.admission.inFlight,
     queued: ctx.admission.queued,
+    // Run uids out of use because processes of theirs survived SIGKILL (uidReaper.ts); their slots refuse runs until they are gone.
+    quarantined_uids: quarantinedUids().map(({ uid, since, pids, detail }) => ({ uid, since: since.toISOString(), pids, detail })),
     limits: {
       timeout_ms: ctx.config.scriptTimeoutMs,
       memory_mb: ctx.config.scriptMemoryMb,
