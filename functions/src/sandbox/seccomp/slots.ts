@@ -192,10 +192,17 @@ export class SlotRoots {
     // and any failure: removed whole below.
     // Only with no process of the uid left: emptyShallowTree goes by path, and a live process
     // could swap a directory for a symlink under it (the fallback is descriptor-relative).
-    if (processesOfUid(uid).length === 0 && emptyShallowTree(tmp) && freshTmpSync(tmp, uid)) return;
+    if (processesOfUid(uid).length === 0 && emptyShallowTree(tmp)) {
+      try {
+        freshTmp(tmp, uid, { replace: true });
+        return;
+      } catch {
+        // removed whole below, and made again
+      }
+    }
     try {
       await disposeOf(this.config.workRoot, tmp);
-      await this.freshTmp(tmp, uid);
+      freshTmp(tmp, uid);
     } catch (error) {
       // The slot's next run finds no /tmp (its set-up fails visibly) until a reset succeeds.
       this.made.delete(slot);
@@ -260,9 +267,9 @@ export class SlotRoots {
       // The root's own /tmp, or what an earlier instance's run left in it.
       const disposal = await disposeOf(this.config.workRoot, tmp);
       if (disposal.outcome === 'left') throw new Error(`${tmp} could not be emptied: ${disposal.leftover.reason}`);
-      await this.freshTmp(tmp, uid);
+      freshTmp(tmp, uid);
     } else {
-      await this.freshTmp(tmp, uid, true);
+      freshTmp(tmp, uid, { replace: true }); // the root's own /tmp, empty
     }
   }
 
@@ -278,13 +285,6 @@ export class SlotRoots {
         return;
       }
     }
-  }
-
-  private async freshTmp(tmp: string, uid: number, replace = false): Promise<void> {
-    if (replace) await fs.rmdir(tmp).catch(() => undefined); // the root's own, empty /tmp
-    await fs.mkdir(tmp, { mode: 0o700 });
-    await fs.chown(tmp, uid, uid);
-    await fs.chmod(tmp, 0o700);
   }
 }
 
@@ -339,15 +339,21 @@ async function sameRoot(rootfs: string, dir: string): Promise<string | undefined
   }
 }
 
-/** The slot's /tmp, once emptied, made again: empty, 0700, the uid's (as SlotRoots.freshTmp makes it). False on any failure. */
-function freshTmpSync(tmp: string, uid: number): boolean {
-  try {
-    rmdirSync(tmp);
-    mkdirSync(tmp, { mode: 0o700 });
-    chownSync(tmp, uid, uid);
-    chmodSync(tmp, 0o700);
-    return true;
-  } catch {
-    return false;
+/**
+ * The slot's /tmp made (again): empty, 0700, the uid's. `replace`: the empty directory there is
+ * removed first (the root's own /tmp, or one just emptied in place); one that is not empty (a
+ * process created something meanwhile) makes it throw. Synchronous, as the single-syscall steps of
+ * removeTree.ts: four syscalls, cheaper than four thread-pool round trips on the slot's turn-around.
+ */
+function freshTmp(tmp: string, uid: number, options: { replace?: boolean } = {}): void {
+  if (options.replace) {
+    try {
+      rmdirSync(tmp);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
+    }
   }
+  mkdirSync(tmp, { mode: 0o700 });
+  chownSync(tmp, uid, uid);
+  chmodSync(tmp, 0o700);
 }
