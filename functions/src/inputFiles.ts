@@ -5,7 +5,7 @@
  * is asked to write is plain: relative, normalised, unique, and never where output files go.
  */
 import { ApiError } from './errors';
-import { base64DecodedBytes, OUTPUT_DIR } from './sandbox/protocol';
+import { base64DecodedBytes, hasControlCharacter, OUTPUT_DIR } from './sandbox/protocol';
 import type { ExecuteRequest } from './schemas';
 
 export interface InputFileCaps {
@@ -21,8 +21,6 @@ export interface InputFileCaps {
 
 /** Bytes a file name may take on Linux (NAME_MAX). */
 const NAME_MAX_BYTES = 255;
-// eslint-disable-next-line no-control-regex -- control characters are exactly what is refused
-const CONTROL = /[\u0000-\u001f\u007f]/;
 /** Half of a surrogate pair without its other half: JSON may carry it, UTF-8 cannot encode it. */
 const LONE_SURROGATE = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/;
 
@@ -71,7 +69,7 @@ export function checkInputFiles(files: RequestFile[], caps: InputFileCaps): void
 
 /** Why a path may not be written, or undefined when it is fine. */
 function pathProblem(path: string): string | undefined {
-  if (CONTROL.test(path)) return 'holds a control character';
+  if (hasControlCharacter(path)) return 'holds a control character';
   if (LONE_SURROGATE.test(path)) return 'is not valid Unicode (a lone surrogate)';
   if (path.startsWith('/')) return 'is absolute; paths are relative to the working directory';
   if (path.endsWith('/')) return 'ends with "/"; name a file';

@@ -195,8 +195,8 @@ def _walk(fd, prefix, depth, found):
     for _, name, path, utf8, mode in entries:
         if not utf8:
             found.skip(path, "name_not_utf8")
-        elif any(ord(char) < 0x20 or ord(char) == 0x7F for char in name):
-            found.skip(path, "name_not_printable")  # a newline or escape in a path a client may use
+        elif has_control_character(name):
+            found.skip(path, "name_not_printable")
         elif mode is None:
             found.skip(path, "changed")
         elif len(path) > PATH_MAX_CHARS:
@@ -214,6 +214,13 @@ def _walk(fd, prefix, depth, found):
                     _walk(child, path, depth + 1, found)
                 finally:
                     os.close(child)
+
+
+def has_control_character(name):
+    """Whether name holds a control character: C0 (U+0000 to U+001F) or DEL (U+007F), a newline or
+    an escape sequence in a path a client may print or use. The service's rule for the paths it
+    accepts (protocol.ts, hasControlCharacter); runner.python.test.ts checks that the two agree."""
+    return any(ord(char) < 0x20 or ord(char) == 0x7F for char in name)
 
 
 def _take(dir_fd, name, path, found):

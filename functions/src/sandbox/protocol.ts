@@ -335,8 +335,21 @@ export type ChannelLimits = Pick<RunLimits, 'resultMaxBytes' | 'outputFilesMax' 
 /** An output file's path as the runner sends it: out/ and plain components (none empty, "." or "..", no control character). */
 function underOutputDir(path: string): boolean {
   const parts = path.split('/');
-  // eslint-disable-next-line no-control-regex -- control characters are what is refused
-  return parts[0] === OUTPUT_DIR && parts.length > 1 && parts.slice(1).every((part) => part !== '' && part !== '.' && part !== '..' && !/[\u0000-\u001f\u007f]/.test(part));
+  return parts[0] === OUTPUT_DIR && parts.length > 1 && parts.slice(1).every((part) => part !== '' && part !== '.' && part !== '..' && !hasControlCharacter(part));
+}
+
+// eslint-disable-next-line no-control-regex -- control characters are exactly what is looked for
+const CONTROL_CHARACTER = /[\u0000-\u001f\u007f]/;
+
+/**
+ * Whether a path (or a name in it) holds a control character: C0 (U+0000 to U+001F) or DEL
+ * (U+007F), a newline or an escape sequence in a path a client may print or use. The one rule of
+ * the service, for the paths of input files (inputFiles.ts) and of output files (readChannel);
+ * the runner applies the same (runner/files.py, has_control_character: it skips such names
+ * "name_not_printable"), and runner.python.test.ts checks that the two agree.
+ */
+export function hasControlCharacter(path: string): boolean {
+  return CONTROL_CHARACTER.test(path);
 }
 
 const BASE64 = /^[A-Za-z0-9+/]*={0,2}$/;
