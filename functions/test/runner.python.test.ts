@@ -20,7 +20,8 @@ import { spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
 import type { RunLimits } from '../src/sandbox/limits';
-import { CHANNEL_ENVELOPE_BYTES, CONFINED_MARKER, OUTPUT_PATH_MAX_CHARS, SKIPPED_MAX, channelMaxBytes, readChannel, runnerMessageSchema } from '../src/sandbox/protocol';
+import { checkInputFiles } from '../src/inputFiles';
+import { CHANNEL_ENVELOPE_BYTES, CONFINED_MARKER, OUTPUT_PATH_MAX_CHARS, SKIPPED_MAX, channelMaxBytes, hasControlCharacter, readChannel, runnerMessageSchema } from '../src/sandbox/protocol';
 import { REPO } from './helpers/service';
 
 const ROOTFS = process.env.SANDBOX_ROOTFS || '/var/cache/pyexec-rootfs/current/root';
@@ -92,6 +93,80 @@ test("runner.CHANNEL_ENVELOPE_BYTES is protocol.ts's", () => {
 
 test("files.SKIPPED_MAX and files.PATH_MAX_CHARS are protocol.ts's", () => {
   expect(pythonJson('import files\nprint(json.dumps([files.SKIPPED_MAX, files.PATH_MAX_CHARS]))')).toEqual([SKIPPED_MAX, OUTPUT_PATH_MAX_CHARS]);
+});
+
+/** Names on either side of the control-character rule, and near it. */
+const TRICKY_NAMES = [
+  'plain.txt',
+  'with space',
+  'tab\there',
+  'new\nline',
+  'carriage\rreturn',
+  'nul\u0000byte',
+  '\u0001start',
+  'escape\u001b[31mred',
+  'unit-separator\u001f',
+  'tilde~',
+  'del\u007f',
+  'c1-first\u0080',
+  'next-line\u0085',
+  'c1-csi\u009b2J',
+  'c1-last\u009f',
+  'nbsp\u00a0',
+  'line-separator\u2028',
+  'paragraph-separator\u2029',
+  'rtl-override\u202e',
+  'zero-width\u200b',
+  'bom\ufeff',
+  'replacement\ufffd',
+  'accent-\u00e9',
+  'emoji-\u{1F600}',
+  'lone-\ud800-surrogate',
+];
+
+test("the control-character rule is one: protocol.ts's hasControlCharacter and runner/files.py's has_control_character agree", () => {
+  const python: boolean[] = pythonJson('import files\nprint(json.dumps([files.has_control_character(name) for name in json.load(sys.stdin)]))', TRICKY_NAMES);
+  const verdicts = (of: (name: string, i: number) => boolean) => Object.fromEntries(TRICKY_NAMES.map((name, i) => [JSON.stringify(name), of(name, i)]));
+  expect(verdicts((_, i) => python[i])).toEqual(verdicts((name) => hasControlCharacter(name)));
+  // The table has names on both sides of the rule.
+  expect(new Set(TRICKY_NAMES.map((name) => hasControlCharacter(name)))).toEqual(new Set([true, false]));
+});
+
+test('output files named from the table: the runner skips exactly the names the service refuses as input paths, and readChannel accepts what it sends', () => {
+  // What a file can be named: no NUL, valid Unicode.
+  const names = TRICKY_NAMES.filter((name) => !name.includes('\u0000') && Buffer.from(name, 'utf8').toString('utf8') === name);
+  const refusedAsInput = (name: string) => {
+    try {
+      checkInputFiles([{ path: `in/${name}`, content: 'x' }], { count: 1, totalBytes: 100, fileBytes: 100, diskBytes: 100 });
+      return false;
+    } catch (error) {
+      return /control character/.test((error as Error).message);
+    }
+  };
+  const limits = { resultMaxBytes: 1000, outputFilesMax: 100, outputFilesMaxBytes: 1000 } as RunLimits;
+  const script = ['def main(names):', '    for name in names:', '        with open("out/" + name, "w") as f:', '            f.write("x")'].join('\n');
+  const raw: string = pythonJson(
+    [
+      'import os, tempfile',
+      'os.chdir(tempfile.mkdtemp())',
+      'job = json.load(sys.stdin)',
+      'with tempfile.TemporaryFile() as f:',
+      '    runner.run(job, runner.Channel(f.fileno(), 1000))',
+      '    f.seek(0)',
+      '    sys.stdout.write(json.dumps(f.read().decode("ascii")))',
+    ].join('\n'),
+    { script, args: { names }, files: [], out: { dir: 'out', max_files: limits.outputFilesMax, max_bytes: limits.outputFilesMaxBytes } },
+  );
+  const bytes = Buffer.concat([Buffer.from([CONFINED_MARKER]), Buffer.from(raw, 'ascii')]);
+  const state = readChannel({ overflowed: false, buffer: () => bytes }, limits);
+  if (state.kind !== 'message' || state.message.status !== 'ok') throw new Error(`not an ok message: ${state.kind} ${raw.slice(0, 300)}`);
+  const sent = state.message.files!.map((file) => file.path.slice('out/'.length)).sort();
+  const skipped = state.message
+    .skipped!.filter((entry) => entry.reason === 'name_not_printable')
+    .map((entry) => entry.path.slice('out/'.length))
+    .sort();
+  expect({ sent, skipped }).toEqual({ sent: names.filter((name) => !refusedAsInput(name)).sort(), skipped: names.filter(refusedAsInput).sort() });
+  expect(skipped.length).toBeGreaterThan(0);
 });
 
 test('an ok message with the most output files and skipped entries of the longest paths is what readChannel accepts, within channelMaxBytes', () => {
