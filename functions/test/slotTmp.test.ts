@@ -13,7 +13,7 @@ import * as os from 'os';
 import * as path from 'path';
 import type { Config } from '../src/config';
 import type { SandboxFiles } from '../src/sandbox/files';
-import { emptyShallowTree } from '../src/sandbox/removeTree';
+import { emptyShallowTree, removeTree } from '../src/sandbox/removeTree';
 import { SlotRoots } from '../src/sandbox/seccomp/slots';
 import { uidBase } from './security/helpers';
 
@@ -179,5 +179,22 @@ maybe('a directory of very many entries', () => {
     expect(fs.readdirSync(tmp)).toEqual([]);
     const stat = fs.lstatSync(tmp);
     expect({ uid: stat.uid, mode: stat.mode & 0o777 }).toEqual({ uid, mode: 0o700 });
+  });
+
+  test('is removed by removeTree without being listed whole (its flat fast path reads at most its budget)', async () => {
+    const dir = path.join(base, 'flat');
+    fs.mkdirSync(dir);
+    for (let i = 0; i < ENTRIES; i++) fs.closeSync(fs.openSync(path.join(dir, `f${i}`), 'w'));
+    const watch = watchReads((at) => at === dir);
+    let removal;
+    try {
+      removal = await removeTree(dir);
+    } finally {
+      watch.restore();
+    }
+    expect(removal).toEqual({ removed: true });
+    expect(fs.existsSync(dir)).toBe(false);
+    expect(watch.reads.filter((read) => read.how === 'readdirSync')).toEqual([]);
+    for (const read of watch.reads) expect(read.entries).toBeLessThanOrEqual(65);
   });
 });

@@ -30,7 +30,7 @@
  * run directory is one rmdir; one holding only a few files, one level of unlinks.
  */
 import { spawn, spawnSync } from 'child_process';
-import { accessSync, constants, lstatSync, opendirSync, readdirSync, readFileSync, realpathSync, rmdirSync, unlinkSync, type Dirent } from 'fs';
+import { accessSync, constants, lstatSync, opendirSync, readFileSync, realpathSync, rmdirSync, unlinkSync, type Dirent } from 'fs';
 import * as path from 'path';
 
 export interface Removal {
@@ -131,14 +131,24 @@ function* removal(target: string): Generator<Step, Removal, StepResult> {
 /**
  * The next most common case, without a process to spawn: a few files (or symlinks) and no
  * subdirectory. Each path is the directory's plus one name, so never long. Anything else, or any
- * error, is left to rm.
+ * error, is left to rm. Entries are read one at a time and the reading stops at the first
+ * directory or past FLAT_MAX_ENTRIES: a directory of millions of files is never listed whole on
+ * the event loop (rm walks it instead).
  */
 const FLAT_MAX_ENTRIES = 64;
 function removeFlat(dir: string): boolean {
   try {
-    const entries = readdirSync(dir, { withFileTypes: true });
-    if (entries.length > FLAT_MAX_ENTRIES || entries.some((entry) => entry.isDirectory())) return false;
-    for (const entry of entries) unlinkSync(path.join(dir, entry.name));
+    const names: string[] = [];
+    const listing = opendirSync(dir);
+    try {
+      for (let entry = listing.readSync(); entry; entry = listing.readSync()) {
+        if (entry.isDirectory() || names.length >= FLAT_MAX_ENTRIES) return false;
+        names.push(entry.name);
+      }
+    } finally {
+      listing.closeSync();
+    }
+    for (const name of names) unlinkSync(path.join(dir, name));
     rmdirSync(dir);
     return true;
   } catch {
