@@ -15,7 +15,11 @@
  * by SIGKILL, whatever pid namespace it ran in). Ranges of different sizes or bases may overlap,
  * so a range is free only when no held lock file overlaps it; claims are serialised by a short
  * lock on claims.lock, so two instances starting at once cannot both see a range free. A lock
- * file nobody holds is stale and removed (under claims.lock).
+ * file nobody holds is stale and removed (under claims.lock): those overlapping a range the claim
+ * considers, and, once the instance holds its range, those of any other range (a few dozen per
+ * start-up), so the files of instances killed by SIGKILL do not pile up. (A holder that lost its
+ * lock and takes it again without claims.lock could, in a window of a few milliseconds, lock a
+ * file being unlinked: as before, it is told by onLost only if it loses it again.)
  *
  * When the range is taken:
  * - the default SANDBOX_UID_BASE: the instance takes the next free range, stepping by the range's
@@ -148,6 +152,7 @@ async function claimAsRoot(config: Config, runs: number): Promise<UidClaim> {
     let claim: UidClaim;
     try {
       claim = await claimWhileAlone(config, runs, explicit);
+      if (claim.ok) await removeFreeLockFiles(lockDir, claim.lock?.file);
     } finally {
       await claims.release();
     }
@@ -172,11 +177,7 @@ async function claimWhileAlone(config: Config, runs: number, explicit: boolean):
       const file = path.join(lockDir, other.name);
       if (!held.has(file)) held.set(file, await isHeld(file));
       if (held.get(file) === false) {
-        try {
-          unlinkSync(file);
-        } catch {
-          // already gone
-        }
+        removeLockFile(file);
         held.set(file, undefined);
         other.last = -1; // never matches again
         continue;
@@ -221,6 +222,34 @@ async function claimWhileAlone(config: Config, runs: number, explicit: boolean):
     ok: false,
     reason: `no free uid range of ${step} uids from ${wanted.first} on (${skipped.length} held by other instances on this host); set SANDBOX_UID_BASE to a free range`,
   };
+}
+
+/** How many lock files of other ranges one claim checks and removes when free (each check is a flock process). */
+const STALE_CHECKS_PER_CLAIM = 64;
+
+/**
+ * With claims.lock held, once this instance holds its range: lock files of other ranges that no
+ * one holds are removed (the lock dies with its instance, the file does not: an instance killed
+ * by SIGKILL never unlinks its own). Without this, files of ranges no later claim overlaps would
+ * stay forever. At most STALE_CHECKS_PER_CLAIM per start-up; the rest go at later ones.
+ */
+async function removeFreeLockFiles(lockDir: string, own: string | undefined): Promise<void> {
+  const files = readdirSync(lockDir)
+    .filter((name) => LOCK_NAME.test(name))
+    .map((name) => path.join(lockDir, name))
+    .filter((file) => file !== own)
+    .slice(0, STALE_CHECKS_PER_CLAIM);
+  for (const file of files) {
+    if ((await isHeld(file)) === false) removeLockFile(file);
+  }
+}
+
+function removeLockFile(file: string): void {
+  try {
+    unlinkSync(file);
+  } catch {
+    // already gone
+  }
 }
 
 async function locked(lockDir: string, range: UidRange, why: string): Promise<UidClaim> {
