@@ -1,6 +1,6 @@
 /**
  * What bench/run.js (`npm run bench`) and bench/soak.js (`npm run soak`) share: finding nsjail,
- * starting the service as users run it (the Functions Framework, scripts/serve.sh's command) on a
+ * starting the service as users run it (scripts/serve.sh: the Functions Framework on jemalloc) on a
  * free loopback port (and the floor, bench/floor.js), reading a process's memory and descendants from /proc, and describing the
  * machine.
  */
@@ -14,6 +14,7 @@ const path = require('path');
 
 const REPO = path.resolve(__dirname, '..');
 const MAIN = path.join(REPO, 'node_modules/@google-cloud/functions-framework/build/src/main.js');
+const SERVE = path.join(REPO, 'scripts/serve.sh');
 
 /** The nsjail binary from NSJAIL_PATH or PATH, or undefined. */
 function findNsjail() {
@@ -67,7 +68,10 @@ async function startService(mode, pathName, extraEnv = {}, { stdout = 'ignore' }
     ...(ownWorkRoot ? { SANDBOX_WORK_ROOT: ownWorkRoot } : {}),
     ...(extraEnv.SANDBOX_UID_BASE ? {} : { SANDBOX_UID_BASE: String(UID_BLOCK + 64 * nextUidSlot++ + 1) }),
   };
-  const child = spawn(process.execPath, [MAIN, '--target=service', '--signature-type=http'], {
+  // Through scripts/serve.sh, as `npm start` and the image run it (its allocator settings included;
+  // LD_PRELOAD set, even empty, in BENCH_SERVICE_ENV or extraEnv overrides them). It execs node:
+  // child.pid is the service's.
+  const child = spawn('bash', [SERVE], {
     cwd: REPO,
     env: {
       PATH: process.env.PATH,

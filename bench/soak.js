@@ -20,10 +20,15 @@
  *
  * Usage: node bench/soak.js [--seconds 300] [--mode auto|seccomp|nsjail|all] [--path warm|cold]
  *          [--concurrency N (default 2 x run slots)] [--json] [--report FILE.md (also FILE.json)]
- *          [--kinds hello,fork_bomb,... (only these)] [--gc] [--env NAME=VALUE (for the service; repeatable)]
+ *          [--kinds hello,fork_bomb,... (only these)] [--gc] [--idle SECONDS]
+ *          [--env NAME=VALUE (for the service; repeatable)]
  *        node bench/soak.js --render FILE.json (prints a saved report as markdown)
  * --gc forces a full garbage collection in the service (through its inspector, on a loopback port
- * of its own) before each measurement and reports process.memoryUsage() after it.
+ * of its own) before each measurement and reports process.memoryUsage() after it (and samples it,
+ * without a collection, every 5 s of the load). --idle looks at the service once more after that
+ * long without load. Memory is split into anonymous and file-backed RSS and glibc's [heap]; the
+ * service's allocator (scripts/serve.sh preloads jemalloc; --env LD_PRELOAD= for glibc's malloc)
+ * and its CPU time per request are reported.
  * `--mode all` soaks seccomp mode, then nsjail mode when NSJAIL_PATH or PATH has nsjail, each for
  * --seconds. Speed is reported, never judged.
  */
@@ -44,6 +49,8 @@ const STOP_GRACE_MS = 10000;
 /** Uids a service may use: its base, then one per run slot (well below 64). */
 const UID_SPAN = 64;
 const NONCE = /soak-[0-9a-f]{32}/g;
+/** Clock ticks per second of /proc/<pid>/stat's times (USER_HZ: 100 on Linux). */
+const CLOCK_TICKS = 100;
 
 /* ------------------------------------------------------------------ the mix */
 
@@ -248,7 +255,7 @@ const KINDS = {
 /* ------------------------------------------------------------------ options */
 
 function parseOptions(argv) {
-  const options = { seconds: 300, mode: 'auto', path: 'warm', concurrency: 0, json: false, report: null, kinds: null, gc: false, env: {} };
+  const options = { seconds: 300, mode: 'auto', path: 'warm', concurrency: 0, json: false, report: null, kinds: null, gc: false, idle: 0, env: {} };
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i];
     const value = () => {
@@ -263,6 +270,7 @@ function parseOptions(argv) {
     else if (arg === '--report') options.report = value();
     else if (arg === '--kinds') options.kinds = value().split(',');
     else if (arg === '--gc') options.gc = true;
+    else if (arg === '--idle') options.idle = Number(value());
     else if (arg === '--render') options.render = value();
     else if (arg === '--env') {
       const [key, ...rest] = value().split('=');
@@ -275,6 +283,7 @@ function parseOptions(argv) {
     } else throw new Error(`unknown option ${arg}`);
   }
   if (!(options.seconds > 0 && options.seconds <= 3600)) throw new Error('--seconds must be in (0, 3600]');
+  if (!(options.idle >= 0 && options.idle <= 3600)) throw new Error('--idle must be in [0, 3600]');
   if (!['auto', 'seccomp', 'nsjail', 'all'].includes(options.mode)) throw new Error('--mode must be auto, seccomp, nsjail or all');
   if (!['warm', 'cold'].includes(options.path)) throw new Error('--path must be warm or cold');
   if (!(Number.isInteger(options.concurrency) && options.concurrency >= 0 && options.concurrency <= 256)) throw new Error('--concurrency must be an integer in [1, 256]');
@@ -286,6 +295,55 @@ function parseOptions(argv) {
 
 function loadavg() {
   return fs.readFileSync('/proc/loadavg', 'utf8').trim();
+}
+
+/**
+ * Where the service's RSS is: anonymous (malloc, V8's heap) and file-backed (code paged in) pages,
+ * from /proc/<pid>/status, and glibc's main arena, the [heap] mapping (brk), from smaps.
+ */
+function rssParts(pid) {
+  const out = {};
+  try {
+    const status = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
+    for (const [field, key] of [
+      ['RssAnon', 'rss_anon_kib'],
+      ['RssFile', 'rss_file_kib'],
+    ]) {
+      const m = new RegExp(`^${field}:\\s+(\\d+)`, 'm').exec(status);
+      if (m) out[key] = Number(m[1]);
+    }
+    const smaps = fs.readFileSync(`/proc/${pid}/smaps`, 'utf8');
+    const heap = /\[heap\]\n(?:[^\n]*\n)*?Rss:\s+(\d+)/.exec(smaps);
+    out.brk_heap_kib = heap ? Number(heap[1]) : 0;
+  } catch {
+    // gone
+  }
+  return out;
+}
+
+/** The service's malloc: jemalloc (preloaded by scripts/serve.sh) with its MALLOC_CONF, or glibc's. */
+function allocatorOf(pid) {
+  try {
+    if (!/\/libjemalloc\.so[^\n]*\n/.test(fs.readFileSync(`/proc/${pid}/maps`, 'utf8'))) return "glibc's malloc";
+    const conf = fs
+      .readFileSync(`/proc/${pid}/environ`, 'utf8')
+      .split('\0')
+      .find((pair) => pair.startsWith('MALLOC_CONF='));
+    return `jemalloc${conf ? ` (${conf})` : ''}`;
+  } catch {
+    return null;
+  }
+}
+
+/** CPU time (user + system) the process has used, in ms, from /proc/<pid>/stat. */
+function cpuMs(pid) {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return Math.round(((Number(fields[11]) + Number(fields[12])) * 1000) / CLOCK_TICKS);
+  } catch {
+    return null;
+  }
 }
 
 function fdCount(pid) {
@@ -379,6 +437,12 @@ async function settle(url) {
   return last;
 }
 
+/** The service's process.memoryUsage(), in KiB (rss_kib, heapTotal_kib, heapUsed_kib, external_kib, arrayBuffers_kib). */
+async function memoryUsage(inspector) {
+  const usage = await inspector.send('Runtime.evaluate', { expression: 'JSON.stringify(process.memoryUsage())', returnByValue: true });
+  return Object.fromEntries(Object.entries(JSON.parse(usage.result.value)).map(([k, v]) => [`${k}_kib`, Math.round(v / 1024)]));
+}
+
 /** The figures compared between the start and the end of the soak. */
 async function measure(service, uidBase, workRoot, inspector) {
   const pid = service.child.pid;
@@ -387,8 +451,7 @@ async function measure(service, uidBase, workRoot, inspector) {
     const rssBeforeGc = rssKb(pid);
     await inspector.send('HeapProfiler.collectGarbage');
     await pause(500);
-    const usage = await inspector.send('Runtime.evaluate', { expression: 'JSON.stringify(process.memoryUsage())', returnByValue: true });
-    heap = { rss_before_gc_kib: rssBeforeGc, ...Object.fromEntries(Object.entries(JSON.parse(usage.result.value)).map(([k, v]) => [`${k}_kib`, Math.round(v / 1024)])) };
+    heap = { rss_before_gc_kib: rssBeforeGc, ...(await memoryUsage(inspector)) };
   }
   const before = await health(service.url);
   const uidProcesses = processesOfUids(uidBase);
@@ -401,6 +464,8 @@ async function measure(service, uidBase, workRoot, inspector) {
     at: new Date().toISOString(),
     loadavg: loadavg(),
     rss_kib: rssKb(pid),
+    ...rssParts(pid),
+    cpu_ms: cpuMs(pid),
     open_fds: fdCount(pid),
     work_root_entries: entries.length,
     work_root: entries,
@@ -453,7 +518,17 @@ async function connectInspector(port) {
         pending.set(id, { resolve, reject });
         socket.send(JSON.stringify({ id, method, params }));
       }),
-    close: () => socket.close(),
+    /** Closes the session and waits (at most 5 s) until it is closed: a service with an inspector session still open may wait for it at exit. */
+    close: () =>
+      new Promise((resolve) => {
+        if (socket.readyState === WebSocket.CLOSED) return resolve();
+        const timer = setTimeout(resolve, 5000);
+        socket.onclose = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+        socket.close();
+      }),
   };
 }
 
@@ -675,6 +750,7 @@ async function soak(mode, options) {
   run.mode = service.health.sandbox.mode;
   run.capacity = service.capacity;
   run.cgroups = service.health.sandbox.capabilities?.cgroups?.detail ?? service.health.sandbox.capabilities?.cgroups ?? null;
+  run.allocator = allocatorOf(service.child.pid);
   run.concurrency = options.concurrency || 2 * service.capacity;
   progress(`${run.mode}/${run.path}: service pid ${service.child.pid}, ${run.capacity} run slots, concurrency ${run.concurrency}, ${options.seconds} s, uids ${uidBase}+, work root ${workRoot}`);
   try {
@@ -691,7 +767,14 @@ async function soak(mode, options) {
     const endAt = started + options.seconds * 1000;
     const sampler = setInterval(() => {
       const pid = service.child.pid;
-      series.push({ t_s: Math.round((Date.now() - started) / 1000), rss_kib: rssKb(pid), open_fds: fdCount(pid), descendants: descendants(pid).length, done: records.length });
+      const sample = { t_s: Math.round((Date.now() - started) / 1000), rss_kib: rssKb(pid), ...rssParts(pid), open_fds: fdCount(pid), descendants: descendants(pid).length, done: records.length };
+      series.push(sample);
+      // With --gc, the JavaScript heap as it is under load (no collection forced here).
+      if (inspector)
+        memoryUsage(inspector).then(
+          (usage) => Object.assign(sample, usage),
+          () => {},
+        );
       if (series.length % 6 === 0) {
         const bad = records.filter((r) => r.problems.length).length;
         progress(
@@ -717,8 +800,15 @@ async function soak(mode, options) {
     // not leaks; the figures compared are those of this look when it is lower.
     await pause(5000);
     run.end_later = await measure(service, uidBase, workRoot, inspector);
+    if (options.idle) {
+      // --idle: does the memory come back when nothing runs for a while?
+      progress(`${run.mode}/${run.path}: idling ${options.idle} s`);
+      await pause(options.idle * 1000);
+      run.idle_s = options.idle;
+      run.after_idle = await measure(service, uidBase, workRoot, inspector);
+    }
   } finally {
-    inspector?.close();
+    await inspector?.close();
     const stopped = Date.now();
     if (service.child.exitCode === null && service.child.signalCode === null) {
       service.child.kill('SIGTERM');
@@ -822,7 +912,8 @@ function markdown(report) {
       '',
       `## ${run.mode} mode, ${run.path} path`,
       '',
-      `${run.capacity} run slots, ${run.concurrency} closed-loop clients, ${run.elapsed_s} s of load, SCRIPT_TIMEOUT_MS=${run.script_timeout_ms}, per-request deadline ${run.request_deadline_ms} ms; cgroups: ${typeof run.cgroups === 'string' ? run.cgroups : JSON.stringify(run.cgroups)}.`,
+      `${run.capacity} run slots, ${run.concurrency} closed-loop clients, ${run.elapsed_s} s of load, SCRIPT_TIMEOUT_MS=${run.script_timeout_ms}, per-request deadline ${run.request_deadline_ms} ms; cgroups: ${typeof run.cgroups === 'string' ? run.cgroups : JSON.stringify(run.cgroups)}.` +
+        (run.allocator ? ` The service's allocator: ${run.allocator}.` : ''),
       `Host load (/proc/loadavg) at the start: \`${run.start?.loadavg}\`; at the end: \`${run.end?.loadavg}\` (other developers' tests share this machine).`,
       '',
       `${load.requests} requests (${load.legit_requests} legitimate, ${load.hostile_requests} hostile), ${load.throughput_rps} answered/s. ` +
@@ -840,25 +931,37 @@ function markdown(report) {
       lines.push(`| ${name} | ${k.legit ? 'legit' : 'hostile'} | ${expected} | ${k.requests} | ${outcomes} | ${k.failures} | ${k.p50_ms ?? '-'} | ${k.p95_ms ?? '-'} |`);
     }
     if (run.start && run.end) {
-      const { start, end, end_later: later } = run;
+      const { start, end, end_later: later, after_idle: idle } = run;
+      // The looks at the service: start, end, 5 s later and (--idle) after the idle time.
+      const looks = [start, end, later, ...(idle ? [idle] : [])];
+      const row = (label, cell, stopped = '') =>
+        `| ${label} | ${looks.map((m, i) => (i === 1 && label === 'RSS MiB' ? `${cell(m)} (${run.rss_change_pct >= 0 ? '+' : ''}${run.rss_change_pct}%)` : cell(m))).join(' | ')} | ${stopped} |`;
+      const gc = (field) => (m) => mib(m.after_full_gc[field]);
       lines.push(
         '',
-        '| the service | start (after warm-up, settled) | end (settled) | 5 s later | after SIGTERM |',
-        '|---|---:|---:|---:|---:|',
-        `| RSS MiB | ${mib(start.rss_kib)} | ${mib(end.rss_kib)} (${run.rss_change_pct >= 0 ? '+' : ''}${run.rss_change_pct}%) | ${mib(later.rss_kib)} | |`,
-        `| open descriptors | ${start.open_fds} | ${end.open_fds} | ${later.open_fds} | |`,
-        `| work-root entries | ${start.work_root_entries} | ${end.work_root_entries} | ${later.work_root_entries} | ${run.stop?.work_root.length} |`,
-        `| its pyexec-* cgroup directories | ${start.cgroup_dirs} | ${end.cgroup_dirs} | ${later.cgroup_dirs} | ${run.stop?.cgroup_dirs} |`,
-        `| processes of its run uids (warm children waiting) | ${start.run_uid_processes} (${start.warm_pool_waiting}) | ${end.run_uid_processes} (${end.warm_pool_waiting}) | ${later.run_uid_processes} (${later.warm_pool_waiting}) | ${run.stop?.uid_processes_at_exit} at exit, ${run.stop?.run_uid_processes} after ${run.stop?.uid_processes_gone_after_ms ?? STOP_GRACE_MS} ms |`,
+        `| the service | start (after warm-up, settled) | end (settled) | 5 s later |${idle ? ` after ${run.idle_s} s idle |` : ''} after SIGTERM |`,
+        `|---|${looks.map(() => '---:|').join('')}---:|`,
+        row('RSS MiB', (m) => mib(m.rss_kib)),
+        ...(start.rss_anon_kib !== undefined ? [row("RSS: anonymous / file-backed / glibc's [heap] MiB", (m) => `${mib(m.rss_anon_kib)} / ${mib(m.rss_file_kib)} / ${mib(m.brk_heap_kib)}`)] : []),
+        row('open descriptors', (m) => m.open_fds),
+        row('work-root entries', (m) => m.work_root_entries, run.stop?.work_root.length),
+        row('its pyexec-* cgroup directories', (m) => m.cgroup_dirs, run.stop?.cgroup_dirs),
+        row(
+          'processes of its run uids (warm children waiting)',
+          (m) => `${m.run_uid_processes} (${m.warm_pool_waiting})`,
+          `${run.stop?.uid_processes_at_exit} at exit, ${run.stop?.run_uid_processes} after ${run.stop?.uid_processes_gone_after_ms ?? STOP_GRACE_MS} ms`,
+        ),
         ...(start.after_full_gc
           ? [
-              `| RSS MiB after a full GC | ${mib(start.after_full_gc.rss_kib)} | ${mib(end.after_full_gc.rss_kib)} | ${mib(later.after_full_gc.rss_kib)} | |`,
-              `| JS heap used / total MiB after a full GC | ${mib(start.after_full_gc.heapUsed_kib)} / ${mib(start.after_full_gc.heapTotal_kib)} | ${mib(end.after_full_gc.heapUsed_kib)} / ${mib(end.after_full_gc.heapTotal_kib)} | ${mib(later.after_full_gc.heapUsed_kib)} / ${mib(later.after_full_gc.heapTotal_kib)} | |`,
-              `| external (array buffers) MiB after a full GC | ${mib(start.after_full_gc.external_kib)} (${mib(start.after_full_gc.arrayBuffers_kib)}) | ${mib(end.after_full_gc.external_kib)} (${mib(end.after_full_gc.arrayBuffers_kib)}) | ${mib(later.after_full_gc.external_kib)} (${mib(later.after_full_gc.arrayBuffers_kib)}) | |`,
+              row('RSS MiB after a full GC', gc('rss_kib')),
+              row('JS heap used / total MiB after a full GC', (m) => `${gc('heapUsed_kib')(m)} / ${gc('heapTotal_kib')(m)}`),
+              row('external (array buffers) MiB after a full GC', (m) => `${gc('external_kib')(m)} (${gc('arrayBuffers_kib')(m)})`),
             ]
           : []),
-        `| its descendants (their RSS MiB) | ${start.descendants} (${mib(start.descendants_rss_kib)}) | ${end.descendants} (${mib(end.descendants_rss_kib)}) | ${later.descendants} (${mib(later.descendants_rss_kib)}) | |`,
+        row('its descendants (their RSS MiB)', (m) => `${m.descendants} (${mib(m.descendants_rss_kib)})`),
       );
+      if (start.cpu_ms != null && end.cpu_ms != null && run.load?.requests)
+        lines.push('', `The service's own CPU time during the load: ${round((end.cpu_ms - start.cpu_ms) / 1000)} s, ${round((end.cpu_ms - start.cpu_ms) / run.load.requests)} ms per request.`);
       const rss = (run.series ?? []).map((s) => s.rss_kib).filter(Boolean);
       const fds = (run.series ?? []).map((s) => s.open_fds).filter((x) => x !== null);
       if (rss.length)

@@ -57,8 +57,11 @@ fi
 
 # The host's Debian packages, from sandbox-image/packages.txt: the host's python3 only for the cold
 # path's launcher (standard library only, run with -I -S; SANDBOX_PYTHON is the sandbox root's
-# interpreter, not this one), and procps. numpy, pandas and seccomp live in the sandbox root alone.
-if ! /usr/bin/python3 -I -S -c 'import ctypes, json, os, signal' >/dev/null 2>&1 || ! command -v pkill >/dev/null; then
+# interpreter, not this one), procps, and jemalloc, the service's allocator (scripts/serve.sh; the
+# dynamic loader prints an error when it cannot preload it). numpy, pandas and seccomp live in the
+# sandbox root alone.
+if ! /usr/bin/python3 -I -S -c 'import ctypes, json, os, signal' >/dev/null 2>&1 || ! command -v pkill >/dev/null ||
+  [ -n "$(LD_PRELOAD=libjemalloc.so.2 /bin/true 2>&1)" ]; then
   if [ "$(id -u)" = "0" ]; then
     echo "setup: installing the host's Debian packages from sandbox-image/packages.txt" >&2
     sh sandbox-image/install-packages.sh

@@ -247,7 +247,7 @@ describe('the service', () => {
     // ... and the host's list has none of the sandbox's: the host's python3 runs only the cold
     // path's launcher (standard library only); numpy, pandas and seccomp live in the sandbox root.
     const hostPackages = repoFile('sandbox-image/packages.txt').replace(/#.*/g, '').split(/\s+/).filter(Boolean);
-    expect(hostPackages.sort()).toEqual(['procps', 'python3']);
+    expect(hostPackages.sort()).toEqual(['libjemalloc2', 'procps', 'python3']);
   });
 
   test('environment: production, sandbox paths and port', () => {
@@ -261,6 +261,23 @@ describe('the service', () => {
         PORT: '8080',
       }),
     );
+  });
+
+  test("the service's allocator: jemalloc with scripts/serve.sh's settings, set after every RUN", () => {
+    // serve.sh names them ALLOCATOR_PRELOAD and ALLOCATOR_CONF and exports them as LD_PRELOAD and MALLOC_CONF.
+    const serve = repoFile('scripts/serve.sh');
+    const setting = (name: string) => new RegExp(`^${name}=(\\S+)$`, 'm').exec(serve)?.[1];
+    expect(setting('ALLOCATOR_PRELOAD')).toBe('libjemalloc.so.2');
+    expect(setting('ALLOCATOR_CONF')).toMatch(/^background_thread:true,/);
+    expect(serve).toMatch(/export LD_PRELOAD="\$ALLOCATOR_PRELOAD" MALLOC_CONF="\$\{MALLOC_CONF-\$ALLOCATOR_CONF\}"/);
+    expect(envOf(runtime)).toEqual(expect.objectContaining({ LD_PRELOAD: setting('ALLOCATOR_PRELOAD'), MALLOC_CONF: setting('ALLOCATOR_CONF') }));
+    // The library comes from the host's package list (installed by install-packages.sh, above).
+    expect(repoFile('sandbox-image/packages.txt').replace(/#.*/g, '').split(/\s+/)).toContain('libjemalloc2');
+    // No RUN of the image's build runs under it.
+    const all = runtime.instructions;
+    const preload = all.findIndex((i) => i.getKeyword() === 'ENV' && /\bLD_PRELOAD=/.test(i.getArgumentsContent() ?? ''));
+    expect(preload).toBeGreaterThan(0);
+    expect(all.slice(preload).some((i) => i.getKeyword() === 'RUN')).toBe(false);
   });
 
   test('no secrets in ENV or ARG', () => {
