@@ -214,6 +214,7 @@ export class WarmSandbox implements SandboxPath {
 
   /** The kind of the slot's waiting child, or of the one it is preparing or will prepare once settled; undefined when empty or running. */
   private nextChildKind(slot: number): ScriptKind | undefined {
+    if (slot >= this.config.warmPoolSize) return undefined; // never refilled: each of its runs forks its own child
     const entry = this.slots.get(slot);
     if (entry?.state === 'waiting') return entry.child.kind;
     if (entry?.state === 'preparing') return entry.kind;
