@@ -68,13 +68,13 @@ interface WarmChild {
  */
 type Slot =
   /** Being forked and confined; `done` once it waits (or failed, and the slot is empty). */
-  | { state: 'preparing'; kind: ScriptKind; done: Promise<void> }
+  | { state: 'preparing'; done: Promise<void> }
   /** Confined, greeted and in its run's cgroup: the slot's next run takes it. */
   | { state: 'waiting'; child: WarmChild }
   /** Running one request's script. */
   | { state: 'running' }
-  /** Its run answered, or it died waiting: being reaped, its uid swept and its files removed; `done` once the slot moved on (to a child of kind `refill`, or empty). */
-  | { state: 'settling'; refill?: ScriptKind; done: Promise<void> };
+  /** Its run answered, or it died waiting: being reaped, its uid swept and its files removed; `done` once the slot moved on. */
+  | { state: 'settling'; done: Promise<void> };
 
 export class WarmSandbox implements SandboxPath {
   readonly mode: WarmBoundary['mode'];
@@ -147,12 +147,18 @@ export class WarmSandbox implements SandboxPath {
   }
 
   /**
-   * The slots whose child (waiting, being prepared, or the one a settling slot forks next) is of
-   * the kind a script of this kind runs in, so it needs no fork of its own: admission prefers them.
+   * The slots where a child of the kind a script of this kind runs in is waiting, ready: a run
+   * there forks nothing on its way. Admission prefers them; failing that it hands out the least
+   * recently used slot, whose child may be of the other kind. Only waiting children count: a slot
+   * still settling or preparing would put its refill on the run's path, and preferring it would
+   * keep the other slots from ever changing kind (one full slot serving every full script).
    */
   readyFor(kind: ScriptKind): (slot: number) => boolean {
     const wanted = this.childKindFor(kind);
-    return (slot) => this.nextChildKind(slot) === wanted;
+    return (slot) => {
+      const entry = this.slots.get(slot);
+      return entry?.state === 'waiting' && entry.child.kind === wanted;
+    };
   }
 
   async run(request: RunRequest): Promise<RunReport> {
@@ -177,7 +183,6 @@ export class WarmSandbox implements SandboxPath {
         request.slot,
         reaped.then(() => cleanUpAfterAnswer(child.uid, () => this.boundary.cleanUp(child.place, child.uid))),
         () => this.refill(request.slot, kind),
-        kind,
       );
     }
   }
@@ -212,16 +217,6 @@ export class WarmSandbox implements SandboxPath {
     return child;
   }
 
-  /** The kind of the slot's waiting child, or of the one it is preparing or will prepare once settled; undefined when empty or running. */
-  private nextChildKind(slot: number): ScriptKind | undefined {
-    if (slot >= this.config.warmPoolSize) return undefined; // never refilled: each of its runs forks its own child
-    const entry = this.slots.get(slot);
-    if (entry?.state === 'waiting') return entry.child.kind;
-    if (entry?.state === 'preparing') return entry.kind;
-    if (entry?.state === 'settling') return entry.refill;
-    return undefined;
-  }
-
   /** Resolves once a child waits in the slot or it is empty: preparing and settling end in one of them. */
   private async untilTakeable(slot: number): Promise<void> {
     for (let entry = this.slots.get(slot); entry?.state === 'preparing' || entry?.state === 'settling'; entry = this.slots.get(slot)) await entry.done;
@@ -241,7 +236,6 @@ export class WarmSandbox implements SandboxPath {
     const child = this.fork(slot, kind);
     const entry: Slot = {
       state: 'preparing',
-      kind,
       done: child.then(
         (ready) => {
           if (this.slots.get(slot) === entry) this.waitIn(slot, ready);
@@ -268,11 +262,10 @@ export class WarmSandbox implements SandboxPath {
     });
   }
 
-  /** The slot settles its child until `work` is over, then moves on to `next` (preparing a child of kind `refill`, if it says so). */
-  private settle(slot: number, work: Promise<void>, next: () => void, refill?: ScriptKind): void {
+  /** The slot settles its child until `work` is over, then moves on to `next`. */
+  private settle(slot: number, work: Promise<void>, next: () => void): void {
     const entry: Slot = {
       state: 'settling',
-      refill,
       done: work
         .catch(() => undefined)
         .then(() => {
