@@ -305,9 +305,10 @@ export class WarmSandbox implements SandboxPath {
     return child.cgroup ? child.cgroup.pids() : processesOfUid(child.uid);
   }
 
-  /** A child that never ran: released, and its place cleaned. */
+  /** A child that never ran: released, its streams closed (nothing reads them: a paused socket would never see its end), and its place cleaned. */
   private async discard(child: WarmChild): Promise<void> {
     await this.release(child);
+    for (const socket of Object.values(child.streams)) socket.destroy();
     await this.boundary.cleanUp(child.place, child.uid);
   }
 
