@@ -53,14 +53,27 @@ function exited(child) {
 }
 
 /**
+ * The paths a bench can start: the settings each takes and the path the service must report.
+ * `warm-full` is the warm path as it was before the lean zygote (WARM_LEAN=off: every child a
+ * full one), measured beside `warm` so lean against full is a ratio from one run.
+ */
+const PATHS = {
+  cold: { reports: 'cold', env: { WARM_POOL: 'off' } },
+  warm: { reports: 'warm', env: { WARM_POOL: 'on' } },
+  'warm-full': { reports: 'warm', env: { WARM_POOL: 'on', WARM_LEAN: 'off' } },
+};
+
+/**
  * Starts the service on a free loopback port and waits for /healthz. `mode` is SANDBOX_MODE; the
- * service must report that mode (any mode for 'auto') and `pathName` ('warm' or 'cold').
+ * service must report that mode (any mode for 'auto') and `pathName`'s path (PATHS).
  * `stdout`: 'ignore' (the default) or 'pipe' (the caller reads the log lines).
  * Unless `extraEnv` names them, the service gets a work root (SANDBOX_WORK_ROOT) and run uids
  * (SANDBOX_UID_BASE) of its own; stop() ends it (SIGTERM, then SIGKILL after 15 s) and removes
  * that work root.
  */
 async function startService(mode, pathName, extraEnv = {}, { stdout = 'ignore' } = {}) {
+  const { reports, env: pathEnv } = PATHS[pathName] ?? {};
+  if (!reports) throw new Error(`bench: no path "${pathName}" (${Object.keys(PATHS).join(', ')})`);
   const port = await freePort();
   const nsjail = findNsjail();
   const ownWorkRoot = extraEnv.SANDBOX_WORK_ROOT ? undefined : fs.mkdtempSync(path.join(os.tmpdir(), 'pyexec-bench-'));
@@ -77,7 +90,7 @@ async function startService(mode, pathName, extraEnv = {}, { stdout = 'ignore' }
       PATH: process.env.PATH,
       PORT: String(port),
       SANDBOX_MODE: mode,
-      WARM_POOL: pathName === 'warm' ? 'on' : 'off',
+      ...pathEnv,
       NODE_ENV: 'production',
       MAX_QUEUE: '1000',
       MAX_QUEUE_WAIT_MS: '600000',
@@ -106,7 +119,7 @@ async function startService(mode, pathName, extraEnv = {}, { stdout = 'ignore' }
   for (let i = 0; i < 300; i++) {
     try {
       const health = await (await fetch(`${url}/healthz`)).json();
-      if ((mode !== 'auto' && health.sandbox.mode !== mode) || health.sandbox.path !== pathName) {
+      if ((mode !== 'auto' && health.sandbox.mode !== mode) || health.sandbox.path !== reports) {
         throw new Error(`wanted ${mode}/${pathName}, got ${health.sandbox.mode}/${health.sandbox.path}: ${JSON.stringify(health.sandbox.capabilities.warm_pool)}`);
       }
       return { url, child, capacity: health.capacity, health, env: { ...own, ...extraEnv }, stop };
@@ -203,4 +216,4 @@ function machine() {
   return { cpus: os.cpus().length, cpu_model: os.cpus()[0]?.model ?? 'unknown', memory_gib: round(os.totalmem() / 2 ** 30), kernel, node: process.version, date: new Date().toISOString() };
 }
 
-module.exports = { REPO, MAIN, findNsjail, freePort, startService, startFloor, rssKb, descendants, round, machine };
+module.exports = { REPO, MAIN, PATHS, findNsjail, freePort, startService, startFloor, rssKb, descendants, round, machine };

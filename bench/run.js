@@ -10,7 +10,8 @@
  *
  * Output: bench/results/results.json, bench/results/results.md and bench/results/latency.svg.
  * Options: --quick (one short round); --no-overload; BENCH_ROUNDS=n; --workloads=hello,pandas,
- * --modes=seccomp,nsjail and --paths=warm,cold to measure only those (the floor always runs);
+ * --modes=seccomp,nsjail and --paths=warm,cold,warm-full to measure only those (the floor always
+ * runs; warm-full, the warm path with WARM_LEAN=off, only when named: lean against full);
  * --out=DIR to write the results elsewhere (a partial run should not replace bench/results);
  * BENCH_SERVICE_ENV='{"NAME":"value"}' adds settings to every service under test.
  * Speed is never asserted in tests; this is the measure. Quote medians: machines here are noisy.
@@ -18,7 +19,7 @@
 'use strict';
 const fs = require('fs');
 const path = require('path');
-const { findNsjail, startService, startFloor, rssKb, descendants, round, machine } = require('./lib');
+const { PATHS, findNsjail, startService, startFloor, rssKb, descendants, round, machine } = require('./lib');
 
 const RESULTS = process.argv.find((a) => a.startsWith('--out='))?.slice('--out='.length) || path.join(__dirname, 'results');
 const QUICK = process.argv.includes('--quick');
@@ -207,6 +208,10 @@ function markdown(report) {
     lines.push('', '| mode | workload | concurrency | warm/cold p50 speed-up | warm/cold throughput |', '|---|---|---:|---:|---:|');
     for (const r of report.ratios) lines.push(`| ${r.mode} | ${r.workload} | ${r.concurrency} | ${r.p50_speedup}x | ${r.throughput_ratio}x |`);
   }
+  if (report.lean_ratios?.length) {
+    lines.push('', '| mode | workload | concurrency | warm/warm-full p50 speed-up | warm/warm-full throughput (lean zygote or not) |', '|---|---|---:|---:|---:|');
+    for (const r of report.lean_ratios) lines.push(`| ${r.mode} | ${r.workload} | ${r.concurrency} | ${r.p50_speedup}x | ${r.throughput_ratio}x |`);
+  }
   return lines.join('\n') + '\n';
 }
 
@@ -218,7 +223,15 @@ function svgChart(report) {
   const left = 230;
   const width = 820;
   const height = 50 + rows.length * (barHeight + 6);
-  const colors = { 'floor/floor': '#bab0ac', 'seccomp/cold': '#4e79a7', 'nsjail/cold': '#f28e2b', 'seccomp/warm': '#59a14f', 'nsjail/warm': '#e15759' };
+  const colors = {
+    'floor/floor': '#bab0ac',
+    'seccomp/cold': '#4e79a7',
+    'nsjail/cold': '#f28e2b',
+    'seccomp/warm': '#59a14f',
+    'nsjail/warm': '#e15759',
+    'seccomp/warm-full': '#8cd17d',
+    'nsjail/warm-full': '#ff9d9a',
+  };
   const bars = rows
     .map((r, i) => {
       const y = 40 + i * (barHeight + 6);
@@ -289,7 +302,9 @@ async function main() {
   if (findNsjail()) modes.push('nsjail');
   else console.error('bench: no nsjail binary (NSJAIL_PATH or PATH): nsjail mode not measured');
   const measured = modes.filter((mode) => !ONLY_MODES || ONLY_MODES.includes(mode));
-  const pathNames = ['cold', 'warm'].filter((pathName) => !ONLY_PATHS || ONLY_PATHS.includes(pathName));
+  const unknown = (ONLY_PATHS ?? []).filter((pathName) => !PATHS[pathName]);
+  if (unknown.length) throw new Error(`bench: no path ${unknown.join(', ')} (${Object.keys(PATHS).join(', ')})`);
+  const pathNames = ONLY_PATHS ?? ['cold', 'warm'];
   const variants = [...measured.flatMap((mode) => pathNames.map((pathName) => ({ mode, path: pathName }))), { mode: 'floor', path: 'floor' }];
   const workloads = Object.fromEntries(Object.entries(WORKLOADS).filter(([name]) => !ONLY_WORKLOADS || ONLY_WORKLOADS.includes(name)));
   if (variants.length < 2 || Object.keys(workloads).length === 0) throw new Error('bench: --modes, --paths and --workloads leave nothing to measure');
@@ -299,10 +314,11 @@ async function main() {
     rounds,
     variants,
     workloads: Object.keys(workloads),
-    paths: ['cold', 'warm', 'floor'],
+    paths: [...pathNames, 'floor'],
     capacity: 0,
     rows: [],
     ratios: [],
+    lean_ratios: [],
     floor_ratios: [],
     overload: [],
   };
@@ -369,6 +385,18 @@ async function main() {
         throughput_ratio: round(warm.throughput_rps / cold.throughput_rps),
       });
   }
+  // The lean path against the warm path without it (warm-full), when both ran.
+  for (const lean of report.rows.filter((r) => r.path === 'warm')) {
+    const full = report.rows.find((r) => r.path === 'warm-full' && r.mode === lean.mode && r.workload === lean.workload && r.concurrency === lean.concurrency);
+    if (full)
+      report.lean_ratios.push({
+        mode: lean.mode,
+        workload: lean.workload,
+        concurrency: lean.concurrency,
+        p50_speedup: round(full.p50_ms / lean.p50_ms),
+        throughput_ratio: round(lean.throughput_rps / full.throughput_rps),
+      });
+  }
   for (const row of report.rows.filter((r) => r.path !== 'floor')) {
     const floor = report.rows.find((r) => r.path === 'floor' && r.workload === row.workload && r.concurrency === row.concurrency);
     if (floor)
@@ -394,7 +422,7 @@ async function main() {
 }
 
 function variantOrder(row) {
-  return ['floor|floor', 'seccomp|warm', 'seccomp|cold', 'nsjail|warm', 'nsjail|cold'].indexOf(`${row.mode}|${row.path}`);
+  return ['floor|floor', 'seccomp|warm', 'seccomp|warm-full', 'seccomp|cold', 'nsjail|warm', 'nsjail|warm-full', 'nsjail|cold'].indexOf(`${row.mode}|${row.path}`);
 }
 
 main().catch((error) => {

@@ -8,6 +8,10 @@
  * `runMs` is a moving average of how long recent leases held their slot (the run and its cleanup),
  * raised to the age of the youngest run in flight when every slot is busy with runs older than
  * that average (a slowdown shows before those runs end), and bounded by the longest a run may take.
+ *
+ * A request may say which free slots it prefers (the warm path's: those whose waiting child suits
+ * its script): it gets the least recently used of them, else the least recently used free slot.
+ * Queued requests take whichever slot frees first.
  */
 import { ApiError } from './errors';
 
@@ -103,11 +107,11 @@ export class Admission {
     return Math.min(estimate, this.maxRunS * 1000);
   }
 
-  acquire(signal?: AbortSignal): Promise<Lease> {
+  /** A free slot (the least recently used one `prefer` accepts, else the least recently used), or a place in the queue. */
+  acquire(signal?: AbortSignal, prefer?: (slot: number) => boolean): Promise<Lease> {
     const enqueuedAt = this.now();
     if (this.closedReason) return Promise.reject(this.shuttingDown());
-    // Least recently used slot first: its warm child has had the longest time to get ready.
-    const slot = this.freeSlots.shift();
+    const slot = this.takeFreeSlot(prefer);
     if (slot !== undefined) return Promise.resolve(this.lease(slot, enqueuedAt));
     if (this.waiters.length >= this.maxQueue) return Promise.reject(this.queueFull());
     return new Promise((resolve, reject) => {
@@ -137,6 +141,12 @@ export class Admission {
       signal?.addEventListener('abort', onAbort, { once: true });
       this.waiters.push(waiter);
     });
+  }
+
+  /** freeSlots is in order of release: least recently used first, whose warm child has had the longest time to get ready. */
+  private takeFreeSlot(prefer?: (slot: number) => boolean): number | undefined {
+    const preferred = prefer ? this.freeSlots.findIndex(prefer) : -1;
+    return preferred >= 0 ? this.freeSlots.splice(preferred, 1)[0] : this.freeSlots.shift();
   }
 
   private lease(slot: number, enqueuedAt: number): Lease {

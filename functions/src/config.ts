@@ -46,6 +46,7 @@ export interface Config {
   uidLockDir: string;
   warmPool: boolean;
   warmPoolSize: number;
+  warmLean: boolean;
   zygoteMemoryMb: number;
   projectId: string | undefined;
   logScripts: boolean;
@@ -274,6 +275,13 @@ const TABLE: { [Field in Exclude<keyof Config, 'sandboxUidBaseExplicit'>]: Setti
     default: (above) => above.maxConcurrentRuns,
     shown: 'MAX_CONCURRENT_RUNS',
     description: 'How many run slots keep a confined child waiting; other slots fork one on demand.',
+  },
+  warmLean: {
+    env: 'WARM_LEAN',
+    parser: onOff,
+    default: true,
+    description:
+      '`on`: the warm path also starts a lean zygote, without numpy and pandas, whose children start and exit faster; a script whose import statements name only standard-library modules runs in one of its children, any other in a full one (a misjudged script only pays its import). Children of both are confined alike. `off`: one zygote, every child a full one.',
   },
   zygoteMemoryMb: { env: 'ZYGOTE_MEMORY_MB', parser: wholeNumber(256, 65536), default: 1024, description: 'Address-space limit of the zygote (its children lower theirs to SCRIPT_MEMORY_MB).' },
   projectId: { env: 'GOOGLE_CLOUD_PROJECT', parser: anyText, default: undefined, shown: '(unset)', description: 'Project id for trace correlation in logs.' },

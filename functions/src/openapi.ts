@@ -232,11 +232,16 @@ export function openApiDocument(options: OpenApiOptions = {}): Record<string, un
             },
             warm_pool: {
               type: 'object',
-              description: 'Warm path only: children confined and waiting for a job (each becomes exactly one run).',
+              description:
+                "Warm path only: children confined and waiting for a job (each becomes exactly one run). A child's kind is its zygote's: `full` (numpy and pandas preloaded; runs any script) or `lean` (WARM_LEAN: standard library only; runs scripts that import nothing else).",
               properties: {
                 size: { type: 'integer' },
+                lean: { type: 'boolean', description: 'WARM_LEAN: a lean zygote runs beside the full one.' },
                 waiting: { type: 'integer' },
-                children: { type: 'array', items: { type: 'object', properties: { slot: { type: 'integer' }, pid: { type: 'integer' } } } },
+                children: {
+                  type: 'array',
+                  items: { type: 'object', properties: { slot: { type: 'integer' }, pid: { type: 'integer' }, kind: { type: 'string', enum: ['full', 'lean'] } } },
+                },
               },
             },
             canary: { type: 'object', required: ['ok', 'detail'], properties: { ok: { type: 'boolean' }, detail: { type: 'string' }, wall_ms: { type: 'number' }, queue_ms: { type: 'number' } } },

@@ -172,4 +172,49 @@ describe('Admission', () => {
     expect(admission.queued).toBe(0);
     expect(admission.refusal()).toBeUndefined();
   });
+
+  describe('a preferred slot (the warm path: one whose waiting child suits the script)', () => {
+    /** Frees the slots in this order, so the free list runs from least to most recently used. */
+    async function freedInOrder(admission: Admission, order: number[]): Promise<void> {
+      const leases = await fill(admission);
+      for (const slot of order) leases.find((lease) => lease.slot === slot)!.release();
+    }
+
+    test('the least recently used free slot the preference accepts', async () => {
+      const admission = new Admission(4, 4, 60000, 10, { now: new FakeClock().now });
+      await freedInOrder(admission, [2, 0, 3, 1]);
+      const odd = (slot: number) => slot % 2 === 1;
+      expect((await admission.acquire(undefined, odd)).slot).toBe(3);
+      expect((await admission.acquire(undefined, odd)).slot).toBe(1);
+    });
+
+    test('else the least recently used free slot, as without one', async () => {
+      const admission = new Admission(3, 4, 60000, 10, { now: new FakeClock().now });
+      await freedInOrder(admission, [1, 2, 0]);
+      expect((await admission.acquire(undefined, () => false)).slot).toBe(1);
+      expect((await admission.acquire()).slot).toBe(2);
+      expect((await admission.acquire(undefined, (slot) => slot === 0)).slot).toBe(0);
+      expect(admission.inFlight).toBe(3);
+    });
+
+    test('the preference is asked about free slots only, and a skipped slot keeps its place', async () => {
+      const admission = new Admission(3, 4, 60000, 10, { now: new FakeClock().now });
+      await freedInOrder(admission, [0, 1, 2]);
+      const busy = await admission.acquire(); // slot 0
+      const asked: number[] = [];
+      const lease = await admission.acquire(undefined, (slot) => (asked.push(slot), slot === 2));
+      expect(lease.slot).toBe(2);
+      expect(asked).toEqual([1, 2]);
+      expect((await admission.acquire()).slot).toBe(1); // still the least recently used
+      busy.release();
+    });
+
+    test('a queued request takes whichever slot frees first, preferred or not', async () => {
+      const admission = new Admission(2, 2, 60000, 10, { now: new FakeClock().now });
+      const [a, b] = await fill(admission);
+      const queued = admission.acquire(undefined, (slot) => slot === b.slot);
+      a.release();
+      expect((await queued).slot).toBe(a.slot);
+    });
+  });
 });

@@ -78,6 +78,7 @@ test('defaults', () => {
     sandboxUidBaseExplicit: false,
     uidLockDir: '/run/pyexec-uid-ranges',
     warmPool: true,
+    warmLean: true,
     logScripts: false,
     projectId: undefined,
   });
@@ -103,6 +104,7 @@ test('default concurrency follows CPUs and memory', () => {
 
 test('an empty or blank variable is unset; values are trimmed', () => {
   expect(loadConfig({ PORT: '', SANDBOX_MODE: '  ', WARM_POOL: '' })).toMatchObject({ port: 8080, sandboxMode: 'auto', warmPool: true });
+  expect(loadConfig({ WARM_LEAN: ' off ' })).toMatchObject({ warmLean: false });
   expect(loadConfig({ PORT: ' 9090\n', SANDBOX_MODE: ' seccomp ', NSJAIL_PATH: ' /opt/nsjail ' })).toMatchObject({ port: 9090, sandboxMode: 'seccomp', nsjailPath: '/opt/nsjail' });
 });
 

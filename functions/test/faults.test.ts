@@ -17,7 +17,7 @@ import { existsSync, promises as fs, readdirSync, writeFileSync } from 'fs';
 import * as net from 'net';
 import * as os from 'os';
 import * as path from 'path';
-import { processesWithArgument } from './helpers/processes';
+import { processesWithArgument, zygotesOf } from './helpers/processes';
 import { execute, py, request, sandboxModes, startService, type Answer, type RunningService } from './helpers/service';
 
 const isRoot = process.getuid?.() === 0;
@@ -48,7 +48,7 @@ async function expectServes(service: RunningService, tag = 'still serving'): Pro
 
 /* ------------------------------------------------------------------ the zygote killed mid-run */
 
-describe.each(sandboxModes())('the warm pool: its zygote SIGKILLed while runs are in flight (%s mode)', (mode) => {
+describe.each(sandboxModes())('the warm pool: its zygotes SIGKILLed while runs are in flight (%s mode)', (mode) => {
   let service: RunningService;
   beforeAll(async () => {
     service = await startService({ MAX_CONCURRENT_RUNS: '2', WARM_POOL_SIZE: '2' }, mode, [], { path: 'warm' });
@@ -57,30 +57,18 @@ describe.each(sandboxModes())('the warm pool: its zygote SIGKILLed while runs ar
     await service?.stop();
   });
 
-  const parentOf = async (pid: number | string): Promise<number> => Number((await fs.readFile(`/proc/${pid}/stat`, 'utf8').catch(() => ') X 0')).split(') ')[1].split(' ')[1]);
-
-  /** The zygote: the zygote.py process whose parent is the service (seccomp: through chroot's exec) or its nsjail. */
-  async function zygote(): Promise<number | undefined> {
-    for (const entry of await fs.readdir('/proc')) {
-      if (!/^\d+$/.test(entry)) continue;
-      const cmdline = await fs.readFile(`/proc/${entry}/cmdline`, 'utf8').catch(() => '');
-      if (!cmdline.includes('zygote.py')) continue;
-      const parent = await parentOf(entry);
-      const launcher = mode === 'nsjail' ? await parentOf(parent) : parent;
-      if (launcher === service.process.pid) return Number(entry);
-    }
-    return undefined;
-  }
+  /** The zygotes (full and lean): each in-flight run may be a child of either. */
+  const zygotes = async () => (await zygotesOf(service.process.pid!, mode)).map(({ pid }) => pid);
 
   test('the runs get a clear error, the pool comes back, later runs succeed', async () => {
     await until(async () => (await health(service)).warm_pool?.waiting === 2);
-    const killed = await zygote();
-    expect(killed).toBeGreaterThan(0);
+    const killed = await zygotes();
+    expect(killed).toHaveLength(2);
     const markers = [`60.${Date.now() % 100000}1`, `60.${Date.now() % 100000}2`];
     const inFlight = markers.map((marker) => execute(service, py('import subprocess', 'def main():', `    subprocess.run(['/bin/sleep', '${marker}'])`, "    return 'finished'")));
     // Both runs are executing (their sleep processes exist) when the zygote is killed.
     await until(async () => (await Promise.all(markers.map(processesWithArgument))).every((pids) => pids.length === 1));
-    process.kill(killed!, 'SIGKILL');
+    for (const pid of killed) process.kill(pid, 'SIGKILL');
 
     const answers = await Promise.all(inFlight);
     for (const answer of answers) {
@@ -92,10 +80,10 @@ describe.each(sandboxModes())('the warm pool: its zygote SIGKILLed while runs ar
     for (const marker of markers) expect(await processesWithArgument(marker)).toEqual([]);
     expect(service.logEntries().some((entry) => entry.event === 'zygote_died')).toBe(true);
 
-    // A new zygote, and the pool full again.
+    // New zygotes, and the pool full again.
     await until(async () => {
-      const now = await zygote();
-      return now !== undefined && now !== killed;
+      const now = await zygotes();
+      return now.length === 2 && !now.some((pid) => killed.includes(pid));
     });
     // A slot whose child died waiting is refilled by its next run: runs drive the pool back (one
     // run per slot: admission hands out the least recently used slot). Each slot refills once its

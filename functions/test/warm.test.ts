@@ -1,12 +1,15 @@
 /**
- * The warm path's own lifecycle (jest project "warm"): waiting children, one child per run, and a
- * zygote that is restarted when it dies. Its isolation is covered by execute.test.ts and the
- * attack suite, which the "warm" project runs on this path too.
+ * The warm path's own lifecycle (jest project "warm"): waiting children, one child per run,
+ * zygotes that are restarted when they die, and the lean and full children (WARM_LEAN): which
+ * kind runs which script, and that both are confined alike. Its isolation is covered by
+ * execute.test.ts and the attack suite, which the "warm" project runs on this path too (most of
+ * their scripts import only the standard library: lean children run them).
  */
 import { promises as fs, mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { emptyShallowTree } from '../src/sandbox/removeTree';
+import { zygotesOf } from './helpers/processes';
 import { execute, pathUnderTest, py, request, sandboxModes, startService, type RunningService } from './helpers/service';
 
 const describeWarm = pathUnderTest() === 'warm' ? describe.each(sandboxModes()) : describe.skip.each(['seccomp']);
@@ -21,7 +24,7 @@ describeWarm('warm path in %s mode', (mode) => {
   });
 
   async function waitingChildren(count: number): Promise<Array<{ slot: number; pid: number }>> {
-    for (let i = 0; i < 100; i++) {
+    for (let i = 0; i < 300; i++) {
       const health = (await request(`${service.url}/health`)).body;
       if (health.warm_pool?.waiting === count) return health.warm_pool.children;
       await new Promise((r) => setTimeout(r, 50));
@@ -29,22 +32,8 @@ describeWarm('warm path in %s mode', (mode) => {
     throw new Error('the pool did not refill');
   }
 
-  const parentOf = async (pid: number | string): Promise<number> => Number((await fs.readFile(`/proc/${pid}/stat`, 'utf8').catch(() => ') X 0')).split(') ')[1].split(' ')[1]);
-
-  /** The zygote: the zygote.py process whose parent is the service (seccomp) or its nsjail (nsjail). */
-  async function zygotePids(): Promise<number[]> {
-    const found: number[] = [];
-    for (const entry of await fs.readdir('/proc')) {
-      if (!/^\d+$/.test(entry)) continue;
-      const cmdline = await fs.readFile(`/proc/${entry}/cmdline`, 'utf8').catch(() => '');
-      if (!cmdline.includes('zygote.py')) continue;
-      // Children of the zygote share its command line; their parent is the zygote itself.
-      const parent = await parentOf(entry);
-      const launcher = mode === 'nsjail' ? await parentOf(parent) : parent;
-      if (launcher === service.process.pid) found.push(Number(entry));
-    }
-    return found;
-  }
+  /** The service's zygote of this kind. */
+  const zygotePids = async (kind: 'full' | 'lean'): Promise<number[]> => (await zygotesOf(service.process.pid!, mode)).filter((z) => z.kind === kind).map((z) => z.pid);
 
   test('health lists the waiting children; a run uses one and it is replaced by a new one', async () => {
     const before = await waitingChildren(2);
@@ -95,26 +84,143 @@ describeWarm('warm path in %s mode', (mode) => {
     }
   });
 
-  test('the zygote is restarted when it dies, and runs go on', async () => {
-    const [zygote] = await zygotePids();
+  test.each([
+    ['full', py('import pandas', 'def main():', '    return "after restart"')],
+    ['lean', py('def main():', '    return "after restart"')],
+  ] as const)('the %s zygote is restarted when it dies, and runs of its kind go on', async (kind, script) => {
+    const [zygote] = await zygotePids(kind);
     expect(zygote).toBeGreaterThan(0);
     process.kill(zygote, 'SIGKILL');
     let answer;
-    for (let i = 0; i < 40; i++) {
-      answer = await execute(service, py('def main():', '    return "after restart"'));
+    for (let i = 0; i < 100; i++) {
+      answer = await execute(service, script);
       if (answer.status === 200) break;
       expect(answer.body.error.type).toBe('sandbox_unavailable'); // never a run outside the sandbox
       await new Promise((r) => setTimeout(r, 100));
     }
     expect(answer!.body.result).toBe('after restart');
     let restarted: number | undefined;
-    for (let i = 0; i < 40 && !restarted; i++) {
-      [restarted] = await zygotePids();
+    for (let i = 0; i < 100 && !restarted; i++) {
+      [restarted] = await zygotePids(kind);
       if (!restarted) await new Promise((r) => setTimeout(r, 50));
     }
     expect(restarted).toBeGreaterThan(0);
     expect(restarted).not.toBe(zygote);
-    expect(service.logEntries().some((entry) => entry.event === 'zygote_died')).toBe(true);
+    expect(service.logEntries().some((entry) => entry.event === 'zygote_died' && entry.zygote === kind)).toBe(true);
+  });
+});
+
+/** What a script can see of its own confinement: the same for lean and full children. */
+const CONFINEMENT_PROBE = [
+  'import os, resource',
+  'def main():',
+  '    try:',
+  "        with open('/proc/self/status') as f:",
+  "            fields = dict(line.rstrip('\\n').split(':\\t', 1) for line in f)",
+  "        status = {k: fields.get(k) for k in ('Uid', 'Gid', 'Groups', 'Seccomp', 'Seccomp_filters', 'NoNewPrivs', 'CapInh', 'CapPrm', 'CapEff', 'CapBnd', 'CapAmb')}",
+  '    except OSError as e:',
+  '        status = type(e).__name__  # seccomp mode: no /proc in the root',
+  "    limits = {n: list(resource.getrlimit(getattr(resource, n))) for n in sorted(dir(resource)) if n.startswith('RLIMIT_')}",
+  '    writes = {}',
+  "    for p in ('/sandbox/probe', '/etc/probe', '/probe', '/usr/probe', '/var/tmp/probe', '/sandbox/runner/probe'):",
+  '        try:',
+  "            open(p, 'w').close()",
+  "            writes[p] = 'written'",
+  '        except OSError as e:',
+  '            writes[p] = type(e).__name__',
+  '    umask = os.umask(0o22)',
+  '    return {"uid": [os.getuid(), os.geteuid()], "gid": [os.getgid(), os.getegid()], "groups": os.getgroups(), "cwd": os.getcwd(),',
+  '            "env": sorted(os.environ), "umask": umask, "status": status, "limits": limits, "writes": writes}',
+];
+
+describeWarm('lean and full children in %s mode, one slot', (mode) => {
+  let service: RunningService;
+  beforeAll(async () => {
+    service = await startService({ MAX_CONCURRENT_RUNS: '1', WARM_POOL_SIZE: '1' }, mode);
+  });
+  afterAll(async () => {
+    await service?.stop();
+  });
+
+  /** The kind of the child waiting in the only slot, once there is one. */
+  async function waitingKind(): Promise<string> {
+    for (let i = 0; i < 300; i++) {
+      const pool = (await request(`${service.url}/health`)).body.warm_pool;
+      if (pool?.waiting === 1) return pool.children[0].kind;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    throw new Error('the slot did not refill');
+  }
+
+  /** Runs the script; returns its result and the kinds its request log line names. */
+  async function run(script: string): Promise<{ result: unknown; scriptKind: string; warmChild: string }> {
+    const answer = await execute(service, script);
+    expect({ status: answer.status, error: answer.body.error }).toEqual({ status: 200, error: undefined });
+    let line: Record<string, any> | undefined;
+    for (let i = 0; i < 100 && !line; i++) {
+      line = service.logEntries().find((entry) => entry.request_id === answer.body.request_id && entry.warm_child);
+      if (!line) await new Promise((r) => setTimeout(r, 20));
+    }
+    return { result: answer.body.result, scriptKind: line?.script_kind, warmChild: line?.warm_child };
+  }
+
+  const hello = py('def main():', '    return "hello"');
+  const pandas = py('import pandas as pd', 'def main():', '    return int(pd.Series([1, 2, 3]).sum())');
+  const dynamic = py('import sys', 'def main():', '    preloaded = "pandas" in sys.modules', '    pd = __import__("pandas")', '    return [preloaded, int(pd.Series([4, 5]).sum())]');
+
+  test('hello, pandas, hello, a hidden pandas import: each right, each slot refilled with the kind just run', async () => {
+    expect(await waitingKind()).toBe('lean'); // the start-up trial runs (a lean script) left a lean child
+    expect(await run(hello)).toEqual({ result: 'hello', scriptKind: 'lean', warmChild: 'lean' });
+    expect(await waitingKind()).toBe('lean');
+    // The lean child cannot run it: discarded, and a full one forked for the run.
+    expect(await run(pandas)).toEqual({ result: 6, scriptKind: 'full', warmChild: 'full' });
+    expect(await waitingKind()).toBe('full');
+    // A full child runs a lean script as well; the slot then refills lean.
+    expect(await run(hello)).toEqual({ result: 'hello', scriptKind: 'lean', warmChild: 'full' });
+    expect(await waitingKind()).toBe('lean');
+    // Classified lean, imports pandas at run time: the lean child (without pandas) pays the import, the answer is right.
+    expect(await run(dynamic)).toEqual({ result: [false, 9], scriptKind: 'lean', warmChild: 'lean' });
+  });
+
+  test('a lean child is confined exactly as a full one: uid, status, rlimits, writes outside the workdir', async () => {
+    const full = await run(py('import numpy', ...CONFINEMENT_PROBE));
+    expect(full.warmChild).toBe('full');
+    await run(hello); // runs in the full child left waiting; the slot refills lean
+    const lean = await run(py(...CONFINEMENT_PROBE));
+    expect(lean.warmChild).toBe('lean');
+    expect(lean.result).toEqual(full.result);
+    const seen = lean.result as Record<string, any>;
+    expect(seen.uid[0]).not.toBe(0);
+    for (const outcome of Object.values(seen.writes)) expect(outcome).not.toBe('written');
+    if (mode === 'nsjail') {
+      // Where there is a /proc: seccomp filter on, no_new_privs, no capabilities at all.
+      expect(seen.status).toMatchObject({ Seccomp: '2', NoNewPrivs: '1', CapEff: '0000000000000000', CapPrm: '0000000000000000', CapBnd: '0000000000000000' });
+    }
+  });
+});
+
+describeWarm('WARM_LEAN=off in %s mode', (mode) => {
+  test('one zygote, full children only, and runs of both kinds work', async () => {
+    const service = await startService({ MAX_CONCURRENT_RUNS: '1', WARM_POOL_SIZE: '1', WARM_LEAN: 'off' }, mode);
+    try {
+      for (const [script, result] of [
+        [py('def main():', '    return "hello"'), 'hello'],
+        [py('import pandas as pd', 'def main():', '    return int(pd.Series([1, 2]).sum())'), 3],
+      ] as const) {
+        const answer = await execute(service, script);
+        expect(answer.body.result).toBe(result);
+      }
+      // A request's log line follows its answer.
+      const kinds = () => service.logEntries().flatMap((entry) => (entry.warm_child ? [entry.warm_child] : []));
+      for (let i = 0; i < 100 && kinds().length < 2; i++) await new Promise((r) => setTimeout(r, 20));
+      expect(kinds()).toEqual(['full', 'full']);
+      expect((await zygotesOf(service.process.pid!, mode)).map((z) => z.kind)).toEqual(['full']);
+      let pool: any;
+      for (let i = 0; i < 300 && (pool = (await request(`${service.url}/health`)).body.warm_pool).waiting !== 1; i++) await new Promise((r) => setTimeout(r, 50));
+      expect(pool).toMatchObject({ lean: false, waiting: 1, children: [{ slot: 0, kind: 'full' }] });
+    } finally {
+      await service.stop();
+    }
   });
 });
 
@@ -137,7 +243,7 @@ describeWarm('warm path in %s mode, at shutdown', (mode) => {
     const service = await startService({ MAX_CONCURRENT_RUNS: '2', WARM_POOL_SIZE: '2' }, mode);
     const pid = service.process.pid!;
     let health: any;
-    for (let i = 0; i < 100 && (health = (await request(`${service.url}/health`)).body).warm_pool?.waiting !== 2; i++) await new Promise((r) => setTimeout(r, 50));
+    for (let i = 0; i < 300 && (health = (await request(`${service.url}/health`)).body).warm_pool?.waiting !== 2; i++) await new Promise((r) => setTimeout(r, 50));
     const children: number[] = health.warm_pool.children.map((child: { pid: number }) => child.pid);
     expect(children).toHaveLength(2);
     if (health.sandbox.capabilities.cgroups.available) expect((await cgroupsOf(pid)).length).toBeGreaterThan(0);

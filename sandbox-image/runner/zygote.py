@@ -2,7 +2,12 @@
 forks one child per run ahead of demand. It never runs user code and never sees a script.
 
 Started by the service with the sandbox's environment allow-list, as
-    python3 -I -B -u zygote.py <channel-socket-path> <seccomp-policy-path> <memory-mb>
+    python3 -I -B -u zygote.py <channel-socket-path> <seccomp-policy-path> <memory-mb> [--lean]
+With --lean it preloads the runner and the small standard-library set but not numpy and pandas:
+the lean zygote, whose children start and exit faster, for scripts that import only the standard
+library. Its children are confined exactly as the full zygote's: the same command, the same
+limits (RLIMIT_AS's preload allowance included: the service sends the full zygote's measure to
+both), the same policy; only what is already imported differs.
 Always on the sandbox root's interpreter. seccomp mode: as root, chrooted into its own copy of the
 sandbox's root (the service's seccomp/slots.ts); each child chroots on into its run slot's root
 ("root" in its command) before it takes the run's uid. nsjail mode: as root of zygote.cfg's jail
@@ -10,8 +15,9 @@ sandbox's root (the service's seccomp/slots.ts); each child chroots on into its 
 
 Control protocol, one JSON object per line:
   stdin  (service -> zygote)  {"op": "prefork", "token", "uid", "workdir", "environment", "limits",
-                               "confine", "root"?: "/slots/<n>", "namespaces"?: {"mounts": [...]}}
-  stdout (zygote -> service)  {"event": "started", "pid"}          once, when preloading is done
+                               "confine", "preload_allowance_bytes", "root"?: "/slots/<n>",
+                               "namespaces"?: {"mounts": [...]}}
+  stdout (zygote -> service)  {"event": "started", "pid", "preload_bytes"}   once, when preloading is done
                               {"event": "exit", "token", "code", "signal"}
 Each child, while still privileged, connects three times to the service's Unix socket (a
 directory only root, or in nsjail mode the zygote's uid, can enter) and announces
@@ -47,19 +53,17 @@ PR_SET_CHILD_SUBREAPER = 36
 EXIT_SETUP_FAILED = 70
 
 
-def preload():
-    """Everything a typical script imports, loaded once so children start with it."""
-    import asyncio  # noqa: F401
-    import ast  # noqa: F401
-    import inspect  # noqa: F401
-    import linecache  # noqa: F401
-    import traceback  # noqa: F401
+# Loaded once so children start with them: what the runner and a typical script import, and
+# seccomp (confinement needs it); the full zygote adds numpy and pandas.
+LEAN_PRELOAD = ("asyncio", "ast", "inspect", "linecache", "traceback", "seccomp")
+FULL_PRELOAD = LEAN_PRELOAD + ("numpy", "pandas")
 
-    import numpy  # noqa: F401
-    import pandas  # noqa: F401
-    import seccomp  # noqa: F401
 
-    del asyncio, ast, inspect, linecache, traceback, numpy, pandas, seccomp  # loaded into sys.modules: the names are not needed
+def preload(lean):
+    import importlib
+
+    for name in LEAN_PRELOAD if lean else FULL_PRELOAD:
+        importlib.import_module(name)
 
 
 def vm_size_bytes():
@@ -116,12 +120,14 @@ def with_preload(limits, preload_bytes):
     """limits with RLIMIT_AS's room for what preloading mapped. RLIMIT_AS counts address space, and
     a child starts with numpy and pandas already mapped, which a cold run pays for only if the
     script imports them: the limit is raised by what preloading added, so a script has at least
-    the cold path's room for its own data. (Real memory use is what the service's sampler holds to
-    SCRIPT_MEMORY_MB per run.)"""
+    the cold path's room for its own data. preload_bytes is the full zygote's measure, for
+    children of both kinds (the command's preload_allowance_bytes): a lean child that imports
+    pandas itself ends up with the room a full child has. (Real memory use is what the service's
+    sampler holds to SCRIPT_MEMORY_MB per run.)"""
     return dict(limits, memory_bytes=limits["memory_bytes"] + preload_bytes)
 
 
-def child(command, channel_path, compiled, preload_bytes):
+def child(command, channel_path, compiled):
     """Runs in the forked child. Ends in os._exit; never returns."""
     try:
         token = command["token"]
@@ -156,6 +162,7 @@ def child(command, channel_path, compiled, preload_bytes):
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.set_wakeup_fd(-1)
         channel = runner.Channel(result_fd, 0)
+        preload_bytes = command["preload_allowance_bytes"]
         channel.layers = confine.confine(command["confine"], with_preload(command["limits"], preload_bytes), compiled)
     except BaseException as exc:  # noqa: BLE001 - no user code runs without every layer
         try:
@@ -173,7 +180,7 @@ def child(command, channel_path, compiled, preload_bytes):
     except BaseException:  # noqa: BLE001 - e.g. the service went away; the exit status says it
         os._exit(runner.EXIT_RUNNER_FAILED)
     # Close the streams before exiting: tearing down an address space that maps numpy and pandas
-    # takes milliseconds, and the kernel closes descriptors only after it. The service answers
+    # (a full child's) takes milliseconds, and the kernel closes descriptors only after it. The service answers
     # once the streams are closed and every process of the run is dead or exiting.
     for fd in (result_fd, 1, 2):
         try:
@@ -187,6 +194,9 @@ def main():
     """The zygote's loop. Returns None when the service is gone, and in each forked child the
     arguments of child(), which then runs outside this frame."""
     channel_path, policy_path, memory_mb = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    if sys.argv[4:] not in ([], ["--lean"]):
+        sys.exit(f"unexpected arguments {sys.argv[4:]!r}: the only option is --lean")
+    lean = sys.argv[4:] == ["--lean"]
     import resource
 
     resource.setrlimit(resource.RLIMIT_AS, (memory_mb << 20, memory_mb << 20))
@@ -194,7 +204,7 @@ def main():
     confine._libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)  # orphans of runs come back here to be reaped
     confine._libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # the service died: so do we
     before = vm_size_bytes()
-    preload()
+    preload(lean)
     preload_bytes = max(0, vm_size_bytes() - before)
     # The seccomp policy compiled once to BPF: every child loads the same program.
     compiled = confine.compile_seccomp(confine.load_policy(policy_path))
@@ -244,7 +254,7 @@ def main():
                     # Leave the loop and this frame before the child does anything: its locals
                     # (other children's tokens, pending commands) must not be reachable from a
                     # script walking the stack.
-                    return command, channel_path, compiled, preload_bytes
+                    return command, channel_path, compiled
                 tokens[pid] = command["token"]
 
 

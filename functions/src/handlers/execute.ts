@@ -1,4 +1,4 @@
-/** POST /execute: body -> validation -> admission -> sandbox run -> outcome. */
+/** POST /execute: body -> validation -> classification -> admission -> sandbox run -> outcome. */
 import { createHash } from 'crypto';
 import type { IncomingMessage, ServerResponse } from 'http';
 import type { RequestInfo, ServiceContext } from '../context';
@@ -6,6 +6,7 @@ import { ApiError } from '../errors';
 import { readBody } from '../http/requestBody';
 import { interpret } from '../outcome';
 import { runLimits } from '../sandbox/limits';
+import { scriptKind } from '../sandbox/warm/scriptKind';
 import { parseExecuteRequest, requestBounds } from '../validation';
 
 export interface HandlerResult {
@@ -31,12 +32,17 @@ export async function execute(req: IncomingMessage, _res: ServerResponse, ctx: S
   const { sandbox, report } = await ctx.probe;
   if (!sandbox) throw new ApiError('sandbox_unavailable', `no sandbox is usable on this instance: ${report.reason}`);
 
+  // Standard-library imports only (lean) or not (full): the warm path prefers a slot whose waiting
+  // child suits the script, and runs a lean script in a lean child.
+  const kind = scriptKind(request.script);
+  info.logFields.script_kind = kind;
+
   // The run is killed if the client leaves, or when shutdown's grace period ends (app.ts).
   const { signal } = info.abort;
-  const lease = await ctx.admission.acquire(signal);
+  const lease = await ctx.admission.acquire(signal, sandbox.readyFor?.(kind));
   info.logFields.queue_ms = Math.round(lease.queueMs);
   try {
-    const run = await sandbox.run({ script: request.script, args: request.args ?? {}, files: request.files ?? [], limits: asked, slot: lease.slot, signal });
+    const run = await sandbox.run({ script: request.script, kind, args: request.args ?? {}, files: request.files ?? [], limits: asked, slot: lease.slot, signal });
     const outcome = interpret(run, {
       requestId: info.requestId,
       queueMs: lease.queueMs,
@@ -48,6 +54,7 @@ export async function execute(req: IncomingMessage, _res: ServerResponse, ctx: S
       outcome: outcome.type,
       sandbox: run.mode,
       sandbox_path: sandbox.path,
+      warm_child: run.warmChild,
       wall_ms: Math.round(run.wallMs),
       cpu_ms: run.channel.kind === 'message' ? run.channel.message.cpu_ms : null,
       stdout_bytes: run.stdout.bytes,

@@ -7,7 +7,7 @@
  */
 import type { IncomingMessage } from 'http';
 import type { RequestInfo, ServiceContext } from '../context';
-import { trialRun } from '../sandbox/trial';
+import { TRIAL_KIND, trialRun } from '../sandbox/trial';
 import { quarantinedUids } from '../sandbox/uidReaper';
 import type { HandlerResult } from './execute';
 
@@ -36,11 +36,11 @@ export async function health(req: IncomingMessage, ctx: ServiceContext, info: Re
   };
   if (sandbox?.waiting) {
     const waiting = sandbox.waiting();
-    body.warm_pool = { size: ctx.config.warmPoolSize, waiting: waiting.length, children: waiting };
+    body.warm_pool = { size: ctx.config.warmPoolSize, lean: ctx.config.warmLean, waiting: waiting.length, children: waiting };
   }
   if (deep === '1' || deep === 'true') {
     if (sandbox && !ctx.lifecycle.shuttingDown) {
-      const lease = await ctx.admission.acquire();
+      const lease = await ctx.admission.acquire(undefined, sandbox.readyFor?.(TRIAL_KIND));
       try {
         const trial = await trialRun(sandbox, lease.slot);
         body.canary = { ok: trial.ok, detail: trial.detail, wall_ms: Math.round(trial.report.wallMs * 10) / 10, queue_ms: Math.round(lease.queueMs) };

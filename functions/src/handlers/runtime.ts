@@ -23,6 +23,7 @@ import type { RequestInfo, ServiceContext } from '../context';
 import { ApiError } from '../errors';
 import { SANDBOX_MODES } from '../sandbox/backends';
 import type { Sandbox } from '../sandbox/types';
+import { scriptKind } from '../sandbox/warm/scriptKind';
 import type { HandlerResult } from './execute';
 
 /** Runs inside the sandbox; returns {python, packages}. Standard library only. */
@@ -180,10 +181,11 @@ export async function runtime(ctx: ServiceContext, info: RequestInfo): Promise<H
 
 /** One run of RUNTIME_SCRIPT, in a slot of its own (it waits for one like any request; 429 when none comes). */
 async function inspect(ctx: ServiceContext, sandbox: Sandbox): Promise<RuntimePython> {
-  const lease = await ctx.admission.acquire();
+  const kind = scriptKind(RUNTIME_SCRIPT);
+  const lease = await ctx.admission.acquire(undefined, sandbox.readyFor?.(kind));
   try {
     // Not the request's abort signal: the answer is shared by every request waiting for it.
-    const run = await sandbox.run({ script: RUNTIME_SCRIPT, args: {}, slot: lease.slot, signal: new AbortController().signal });
+    const run = await sandbox.run({ script: RUNTIME_SCRIPT, kind, args: {}, slot: lease.slot, signal: new AbortController().signal });
     if (run.sandboxFailure) throw new ApiError('sandbox_unavailable', `the sandbox failed to start the runtime inspection: ${run.sandboxFailure}`);
     if (run.channel.kind === 'message' && run.channel.message.status === 'ok') return run.channel.message.result as RuntimePython;
     const why = run.channel.kind === 'message' && run.channel.message.status === 'error' ? run.channel.message.error.message : `exit ${run.exitCode}, signal ${run.signal}`;

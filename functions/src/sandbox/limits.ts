@@ -78,7 +78,8 @@ export function publicLimits(limits: RunLimits): { timeout_ms: number; memory_mb
 export class LimitedSandbox implements Sandbox {
   readonly mode: SandboxPath['mode'];
   readonly path: SandboxPath['path'];
-  readonly waiting?: () => Array<{ slot: number; pid: number }>;
+  readonly waiting?: Sandbox['waiting'];
+  readonly readyFor?: Sandbox['readyFor'];
   readonly close?: () => Promise<void>;
 
   constructor(
@@ -88,6 +89,7 @@ export class LimitedSandbox implements Sandbox {
     this.mode = inner.mode;
     this.path = inner.path;
     if (inner.waiting) this.waiting = inner.waiting.bind(inner);
+    if (inner.readyFor) this.readyFor = inner.readyFor.bind(inner);
     if (inner.close) this.close = inner.close.bind(inner);
   }
 

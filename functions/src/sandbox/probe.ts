@@ -133,7 +133,8 @@ const SPACE_ERROR = /ENOSPC|EDQUOT|No space left|Disk quota exceeded|No space/;
 class WorkRootAware implements Sandbox {
   readonly mode: Sandbox['mode'];
   readonly path: Sandbox['path'];
-  readonly waiting?: () => Array<{ slot: number; pid: number }>;
+  readonly waiting?: Sandbox['waiting'];
+  readonly readyFor?: Sandbox['readyFor'];
   readonly close?: () => Promise<void>;
 
   constructor(
@@ -143,6 +144,7 @@ class WorkRootAware implements Sandbox {
     this.mode = inner.mode;
     this.path = inner.path;
     if (inner.waiting) this.waiting = inner.waiting.bind(inner);
+    if (inner.readyFor) this.readyFor = inner.readyFor.bind(inner);
     if (inner.close) this.close = inner.close.bind(inner);
   }
 
@@ -182,14 +184,21 @@ function choose(requested: Config['sandboxMode'], trials: Map<SandboxMode, Backe
   return { mode: null, reason: `auto: no sandbox is usable. ${BACKENDS.map(({ mode }) => `${mode}: ${detail(mode)}`).join('. ')}` };
 }
 
-/** Starts the zygote and sends one trial run through a warm child; any failure keeps the cold path. */
+/**
+ * Starts the zygotes and sends a trial run through a warm child; any failure keeps the cold path.
+ * With WARM_LEAN the same (lean) trial script goes twice through slot 0: first through the full
+ * child every slot starts with, then through the lean child that replaced it, so both zygotes are
+ * proven.
+ */
 async function tryWarmPool(config: Config, files: SandboxFiles, boundary: WarmBoundary, cgroups: RunCgroups | undefined, logger?: Logger): Promise<{ finding: Finding; sandbox?: Sandbox }> {
   const warm = new WarmSandbox(config, files, boundary, cgroups, logger);
   const sandbox = new LimitedSandbox(warm, config);
   try {
     await warm.start();
-    const trial = await trialRun(sandbox);
-    if (trial.ok) return { finding: { available: true, detail: 'zygote started and a trial run through a pre-forked child succeeded' }, sandbox };
+    let trial = await trialRun(sandbox);
+    if (trial.ok && config.warmLean) trial = await trialRun(sandbox);
+    const zygotes = config.warmLean ? 'full and lean zygotes started and trial runs through pre-forked children' : 'zygote started and a trial run through a pre-forked child';
+    if (trial.ok) return { finding: { available: true, detail: `${zygotes} succeeded` }, sandbox };
     warm.stop();
     return { finding: { available: false, detail: `warm trial run failed, using cold runs: ${trial.detail}` } };
   } catch (error) {

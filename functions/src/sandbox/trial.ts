@@ -3,11 +3,13 @@
  * start-up (the probe) and the chosen one on demand (/health?deep=1's canary).
  */
 import type { RunReport, Sandbox } from './types';
+import { scriptKind } from './warm/scriptKind';
 
 const TRIAL_SCRIPT = 'def main():\n    return 42\n';
+export const TRIAL_KIND = scriptKind(TRIAL_SCRIPT);
 
 export async function trialRun(sandbox: Sandbox, slot = 0): Promise<{ ok: boolean; detail: string; report: RunReport }> {
-  const report = await sandbox.run({ script: TRIAL_SCRIPT, args: {}, slot, signal: new AbortController().signal });
+  const report = await sandbox.run({ script: TRIAL_SCRIPT, kind: TRIAL_KIND, args: {}, slot, signal: new AbortController().signal });
   if (report.sandboxFailure) return { ok: false, detail: report.sandboxFailure, report };
   if (report.channel.kind === 'message') {
     const message = report.channel.message;

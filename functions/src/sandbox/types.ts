@@ -3,6 +3,7 @@ import type { SandboxMode } from './backends';
 import { EMPTY_TEXT } from './capture';
 import type { RequestedLimits, RunLimits } from './limits';
 import type { ChannelState } from './protocol';
+import type { ScriptKind } from './warm/scriptKind';
 
 /** A file the request attaches, written under the run's working directory before the script starts (validated: inputFiles.ts). */
 export interface InputFile {
@@ -16,6 +17,8 @@ export interface InputFile {
 /** A run as the handlers ask for it. */
 export interface RunOrder {
   script: string;
+  /** What the script imports (scriptKind.ts): the warm path picks its child by it; the cold path ignores it. */
+  kind: ScriptKind;
   args: Record<string, unknown>;
   files?: InputFile[];
   /** Lower limits than the configured ones, where the request asked (limits.ts). */
@@ -54,6 +57,16 @@ export interface RunReport {
   sandboxFailure?: string;
   /** Set when the service killed the run for exceeding an aggregate limit. */
   exceeded?: LimitExceeded;
+  /** Warm path: the kind of child the run was handed (a full child runs lean scripts too). */
+  warmChild?: ScriptKind;
+}
+
+/** A warm child confined and waiting for a run, as /health lists it. */
+export interface WaitingChild {
+  slot: number;
+  /** On the host. */
+  pid: number;
+  kind: ScriptKind;
 }
 
 /** What the service runs scripts with: the chosen backend and path, which gives each run its limits (LimitedSandbox, limits.ts). */
@@ -63,7 +76,9 @@ export interface Sandbox {
   readonly path: 'warm' | 'cold';
   run(order: RunOrder): Promise<RunReport>;
   /** Warm path: the children confined and waiting for a run, by slot. */
-  waiting?(): Array<{ slot: number; pid: number }>;
+  waiting?(): WaitingChild[];
+  /** Warm path: the run slots that hold (or are about to hold) a child suited to a script of this kind; admission prefers them. */
+  readyFor?(kind: ScriptKind): (slot: number) => boolean;
   /** Shutdown: ends what the sandbox keeps between runs (the warm pool: zygote, waiting children, their cgroups). */
   close?(): Promise<void>;
 }

@@ -18,7 +18,8 @@ export function nsjailBoundary(config: Config, nsjail: { binary: string; zygoteC
   return {
     mode: 'nsjail',
     channelClientUid: zygoteUid,
-    zygoteLaunch: () => [
+    // One jail per zygote: the full one and the lean one live side by side, alike.
+    zygoteLaunch: (kind) => [
       nsjail.binary,
       '--config',
       nsjail.zygoteConfig,
@@ -31,7 +32,7 @@ export function nsjailBoundary(config: Config, nsjail: { binary: string; zygoteC
       '--group',
       slots,
       '--',
-      ...zygoteArgv(config, JAIL_RUNNER_DIR, JAIL_WARM_DIR, JAIL_POLICY_FILE),
+      ...zygoteArgv(config, JAIL_RUNNER_DIR, JAIL_WARM_DIR, JAIL_POLICY_FILE, kind),
     ],
     async placeChild(_slot, uid, limits) {
       const namespaces = { mounts: warmChildMounts(config, uid), unmount: [JAIL_WARM_DIR] };

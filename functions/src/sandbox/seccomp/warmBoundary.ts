@@ -17,7 +17,8 @@ export function seccompBoundary(config: Config, slots: SlotRoots): WarmBoundary 
   return {
     mode: 'seccomp',
     channelClientUid: 0,
-    zygoteLaunch: () => [CHROOT, slots.root, ...zygoteArgv(config, ROOT_RUNNER_DIR, ROOT_WARM_DIR, ROOT_POLICY_FILE)],
+    // Both zygotes (full and lean) chroot into the same zygote root: neither writes to it.
+    zygoteLaunch: (kind) => [CHROOT, slots.root, ...zygoteArgv(config, ROOT_RUNNER_DIR, ROOT_WARM_DIR, ROOT_POLICY_FILE, kind)],
     async placeChild(slot, uid, limits) {
       await slots.ensureSlot(slot, uid);
       return { command: { ...childCommand(limits, slotRunnerPaths()), root: slots.slotRootInWorld(slot) }, dir: slots.watchedTmp(slot) };

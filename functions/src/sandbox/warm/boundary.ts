@@ -10,6 +10,7 @@ import type { SandboxMode } from '../backends';
 import type { RunLimits } from '../limits';
 import { confinement, sandboxEnvironment, type RunnerPaths } from '../protocol';
 import type { WatchedDir } from '../usageWatch';
+import type { ScriptKind } from './scriptKind';
 import type { PreforkCommand, ZygoteLaunch } from './zygote';
 
 export const CHANNEL_SOCKET = 'channels.sock';
@@ -17,7 +18,7 @@ export const CHANNEL_SOCKET = 'channels.sock';
 /** Where one child runs. */
 export interface ChildPlace {
   /** What the zygote hands the child, besides its token and uid. */
-  command: Omit<PreforkCommand, 'token' | 'uid'>;
+  command: Omit<PreforkCommand, 'token' | 'uid' | 'preload_allowance_bytes'>;
   /** seccomp mode: the run's host directory (its size is watched; it is removed after the run). */
   dir?: WatchedDir;
 }
@@ -26,7 +27,8 @@ export interface WarmBoundary {
   readonly mode: SandboxMode;
   /** The uid children connect to the channel socket as (before they take their run's uid). */
   readonly channelClientUid: number;
-  zygoteLaunch(): ZygoteLaunch;
+  /** The command line of the zygote of this kind: both live alike, only their preload differs. */
+  zygoteLaunch(kind: ScriptKind): ZygoteLaunch;
   /** Where the slot's next child runs, confined to these limits. */
   placeChild(slot: number, uid: number, limits: RunLimits): Promise<ChildPlace>;
   /** After the run, once no process of the uid is left. */
@@ -39,7 +41,8 @@ export function childCommand(limits: RunLimits, paths: RunnerPaths): ChildPlace[
   return { workdir: paths.workdir, environment: sandboxEnvironment(paths.workdir), limits: rlimits, confine };
 }
 
-/** The zygote's command line (sandbox-image/runner/zygote.py), with its paths as the zygote sees them. */
-export function zygoteArgv(config: Config, runnerDir: string, socketDir: string, policyFile: string): string[] {
-  return [config.sandboxPython, '-I', '-B', '-u', path.join(runnerDir, 'zygote.py'), path.join(socketDir, CHANNEL_SOCKET), policyFile, String(config.zygoteMemoryMb)];
+/** A zygote's command line (sandbox-image/runner/zygote.py), with its paths as the zygote sees them; the lean one without numpy and pandas. */
+export function zygoteArgv(config: Config, runnerDir: string, socketDir: string, policyFile: string, kind: ScriptKind): string[] {
+  const argv = [config.sandboxPython, '-I', '-B', '-u', path.join(runnerDir, 'zygote.py'), path.join(socketDir, CHANNEL_SOCKET), policyFile, String(config.zygoteMemoryMb)];
+  return kind === 'lean' ? [...argv, '--lean'] : argv;
 }

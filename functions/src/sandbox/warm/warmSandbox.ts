@@ -7,6 +7,14 @@
  * it, before the slot gets its next child. What differs between the modes is the boundary's
  * (boundary.ts).
  *
+ * With WARM_LEAN a second, lean zygote (no numpy, no pandas) forks children confined exactly
+ * alike (the same command, limits and policy; only what is already imported differs), which start
+ * and exit faster. Each child has the kind of its zygote, each run the kind of its script
+ * (scriptKind.ts). A slot refills with the kind of the run it just ran (at start-up: full); a
+ * full child runs any script, a lean child only a lean one: given a full script it is discarded
+ * (as a child that never ran) and a full one is forked for the run. Admission prefers a slot whose
+ * child suits the script (readyFor).
+ *
  * A child is confined, and placed in its cgroup, before its run exists: with the configured
  * limits (limits.ts), every run's maxima. A run may ask for less: the service lowers the child's
  * cgroup to the run's limits before the job is sent (a run whose cgroup cannot be lowered fails,
@@ -25,12 +33,13 @@ import { runLimits, type RunLimits } from '../limits';
 import { DRAIN_AFTER_KILL_MS } from '../processRun';
 import { channelMaxBytes, readChannel, WARM_READY, warmJob } from '../protocol';
 import { RunGuard } from '../runGuard';
-import { failedRun, withUsageNote, type RunReport, type RunRequest, type SandboxPath } from '../types';
+import { failedRun, withUsageNote, type RunReport, type RunRequest, type SandboxPath, type WaitingChild } from '../types';
 import { allExiting, cleanedUp, cleanUpAfterAnswer, killAllOfUid, pidsByUid, processesOfUid } from '../uidReaper';
 import { memoryVerdict, usageLimits } from '../usageWatch';
 import { CHANNEL_SOCKET, type ChildPlace, type WarmBoundary } from './boundary';
 import { ChannelServer, type ChildStreams } from './channelServer';
 import { readLine } from './readLine';
+import type { ScriptKind } from './scriptKind';
 import { Zygote, type ChildExit } from './zygote';
 
 const PREPARE_TIMEOUT_MS = 15000;
@@ -40,6 +49,8 @@ const EXIT_GRACE_MS = 1000;
 const CLOSE_TIMEOUT_MS = 3000;
 
 interface WarmChild {
+  /** Whose child it is: the lean zygote's (a standard-library script only) or the full one's (any). */
+  kind: ScriptKind;
   token: string;
   uid: number;
   /** The run's own cgroup (where the host has cgroups): the child is moved in before its job. */
@@ -72,7 +83,8 @@ export class WarmSandbox implements SandboxPath {
   /** Shut down: slots are emptied, never refilled. */
   private closed = false;
   private readonly channels: ChannelServer;
-  private readonly zygote: Zygote;
+  /** The full zygote, and with WARM_LEAN the lean one. */
+  private readonly zygotes = new Map<ScriptKind, Zygote>();
   /** What children are confined to before their run exists. */
   private readonly limits: RunLimits;
 
@@ -86,19 +98,22 @@ export class WarmSandbox implements SandboxPath {
     this.mode = boundary.mode;
     this.limits = runLimits(config);
     this.channels = new ChannelServer(path.join(files.warmDir, CHANNEL_SOCKET), boundary.channelClientUid);
-    this.zygote = new Zygote(boundary.zygoteLaunch(), logger);
-    this.zygote.onLost = (token) => this.channels.forget(token);
+    for (const kind of config.warmLean ? (['full', 'lean'] as const) : (['full'] as const)) {
+      const zygote = new Zygote(kind, boundary.zygoteLaunch(kind), logger);
+      zygote.onLost = (token) => this.channels.forget(token);
+      this.zygotes.set(kind, zygote);
+    }
   }
 
   async start(): Promise<void> {
     if (process.getuid?.() !== 0) throw new Error('the warm pool needs root (to give each child its own uid)');
     await this.channels.start();
-    await this.zygote.start();
-    for (let slot = 0; slot < Math.min(this.config.warmPoolSize, this.config.maxConcurrentRuns); slot++) this.refill(slot);
+    await Promise.all([...this.zygotes.values()].map((zygote) => zygote.start()));
+    for (let slot = 0; slot < Math.min(this.config.warmPoolSize, this.config.maxConcurrentRuns); slot++) this.refill(slot, 'full');
   }
 
   stop(): void {
-    this.zygote.stop();
+    for (const zygote of this.zygotes.values()) zygote.stop();
   }
 
   /**
@@ -108,7 +123,7 @@ export class WarmSandbox implements SandboxPath {
    */
   async close(): Promise<void> {
     this.closed = true;
-    this.zygote.stop();
+    this.stop();
     for (const [slot, entry] of this.slots) {
       if (entry.state === 'waiting') this.settle(slot, this.discard(entry.child), () => this.slots.delete(slot));
     }
@@ -121,49 +136,83 @@ export class WarmSandbox implements SandboxPath {
   }
 
   /**
-   * Children confined and waiting for a job, by slot, with their pid on the host (for /health
-   * and for operators): a waiting child is the only process of its uid. Looked up here, not per
-   * run, because it costs a walk of /proc.
+   * Children confined and waiting for a job, by slot, with their kind and their pid on the host
+   * (for /health and for operators): a waiting child is the only process of its uid. Looked up
+   * here, not per run, because it costs a walk of /proc.
    */
-  waiting(): Array<{ slot: number; pid: number }> {
-    const waiting = [...this.slots.entries()].flatMap(([slot, entry]) => (entry.state === 'waiting' ? [{ slot, uid: entry.child.uid }] : []));
+  waiting(): WaitingChild[] {
+    const waiting = [...this.slots.entries()].flatMap(([slot, entry]) => (entry.state === 'waiting' ? [{ slot, uid: entry.child.uid, kind: entry.child.kind }] : []));
     const pids = pidsByUid(new Set(waiting.map(({ uid }) => uid)));
-    return waiting.map(({ slot, uid }) => ({ slot, pid: pids.get(uid)?.[0] ?? -1 }));
+    return waiting.map(({ slot, uid, kind }) => ({ slot, pid: pids.get(uid)?.[0] ?? -1, kind }));
+  }
+
+  /**
+   * The slots where a child of the kind a script of this kind runs in is waiting, ready: a run
+   * there forks nothing on its way. Admission prefers them; failing that it hands out the least
+   * recently used slot, whose child may be of the other kind. Only waiting children count: a slot
+   * still settling or preparing would put its refill on the run's path, and preferring it would
+   * keep the other slots from ever changing kind (one full slot serving every full script).
+   */
+  readyFor(kind: ScriptKind): (slot: number) => boolean {
+    const wanted = this.childKindFor(kind);
+    return (slot) => {
+      const entry = this.slots.get(slot);
+      return entry?.state === 'waiting' && entry.child.kind === wanted;
+    };
   }
 
   async run(request: RunRequest): Promise<RunReport> {
+    const kind = this.childKindFor(request.kind);
     let child: WarmChild;
     try {
-      child = await this.take(request.slot);
+      child = await this.take(request.slot, kind);
     } catch (error) {
-      this.refill(request.slot);
+      this.refill(request.slot, kind);
       return failedRun(this.mode, `the warm sandbox could not prepare a child: ${(error as Error).message}`);
     }
     try {
-      return await this.execute(child, request);
+      return { ...(await this.execute(child, request)), warmChild: child.kind };
     } finally {
       // Before the answer: no process of the uid can run any more (execute made sure). After
       // it, off the answer's path, the slot settles: the zygote reaps the child (its address
       // space torn down), a last sweep of the uid, then the run's files are removed. The slot's
       // next run waits for all of it (take: untilTakeable), and so does its next child.
       const reaped = this.reap(child).catch(() => undefined);
+      // The slot's next child is of this run's kind: the next script on the slot is likely alike.
       this.settle(
         request.slot,
         reaped.then(() => cleanUpAfterAnswer(child.uid, () => this.boundary.cleanUp(child.place, child.uid))),
-        () => this.refill(request.slot),
+        () => this.refill(request.slot, kind),
       );
     }
   }
 
+  /** The kind of child a script of this kind runs in: its own, or full when there is no lean zygote. */
+  private childKindFor(kind: ScriptKind): ScriptKind {
+    return this.zygotes.has(kind) ? kind : 'full';
+  }
+
   /* ------------------------------------------------------------ a slot's states */
 
-  /** The slot's waiting child, or a new one when none waits; the slot is running after. */
-  private async take(slot: number): Promise<WarmChild> {
+  /**
+   * The slot's waiting child when it can run a script of this kind, or a new one of the kind; the
+   * slot is running after. A full child runs any script; a lean one given a full script never
+   * ran: it is discarded (its uid emptied, its place cleaned) before the new child is forked.
+   */
+  private async take(slot: number, kind: ScriptKind): Promise<WarmChild> {
     // A last bound: a slot whose previous run could not be cleaned up answers 503, never hangs.
     const limit = 2 * PREPARE_TIMEOUT_MS;
     await withDeadline(this.untilTakeable(slot), limit, `the slot was not free within ${limit} ms`);
     const entry = this.slots.get(slot);
-    const child = entry?.state === 'waiting' ? entry.child : await this.prepare(slot);
+    if (entry?.state === 'waiting' && (entry.child.kind === 'full' || entry.child.kind === kind)) {
+      this.slots.set(slot, { state: 'running' });
+      return entry.child;
+    }
+    if (entry?.state === 'waiting') {
+      this.slots.set(slot, { state: 'running' }); // first: its death must not settle the slot (waitIn)
+      await this.discard(entry.child);
+    }
+    const child = await this.prepare(slot, kind);
     this.slots.set(slot, { state: 'running' });
     return child;
   }
@@ -173,18 +222,18 @@ export class WarmSandbox implements SandboxPath {
     for (let entry = this.slots.get(slot); entry?.state === 'preparing' || entry?.state === 'settling'; entry = this.slots.get(slot)) await entry.done;
   }
 
-  /** Prepares the slot's next child ahead of its run; slots beyond WARM_POOL_SIZE stay empty. */
-  private refill(slot: number): void {
+  /** Prepares the slot's next child, of this kind, ahead of its run; slots beyond WARM_POOL_SIZE stay empty. */
+  private refill(slot: number, kind: ScriptKind): void {
     if (this.closed || slot >= this.config.warmPoolSize) {
       this.slots.delete(slot);
       return;
     }
-    this.prepare(slot).catch(() => undefined); // the slot is left empty: its next run prepares one
+    this.prepare(slot, kind).catch(() => undefined); // the slot is left empty: its next run prepares one
   }
 
-  /** Forks the slot's next child: preparing until it is confined, then waiting (empty if that failed). */
-  private prepare(slot: number): Promise<WarmChild> {
-    const child = this.fork(slot);
+  /** Forks the slot's next child of this kind: preparing until it is confined, then waiting (empty if that failed). */
+  private prepare(slot: number, kind: ScriptKind): Promise<WarmChild> {
+    const child = this.fork(slot, kind);
     const entry: Slot = {
       state: 'preparing',
       done: child.then(
@@ -256,9 +305,10 @@ export class WarmSandbox implements SandboxPath {
     return child.cgroup ? child.cgroup.pids() : processesOfUid(child.uid);
   }
 
-  /** A child that never ran: released, and its place cleaned. */
+  /** A child that never ran: released, its streams closed (nothing reads them: a paused socket would never see its end), and its place cleaned. */
   private async discard(child: WarmChild): Promise<void> {
     await this.release(child);
+    for (const socket of Object.values(child.streams)) socket.destroy();
     await this.boundary.cleanUp(child.place, child.uid);
   }
 
@@ -279,9 +329,12 @@ export class WarmSandbox implements SandboxPath {
     }
   }
 
-  /** Forks a child for the slot; resolves once it is confined, greeted and in its run's cgroup. */
-  private async fork(slot: number): Promise<WarmChild> {
-    await this.zygote.start();
+  /** Forks a child of this kind for the slot; resolves once it is confined, greeted and in its run's cgroup. */
+  private async fork(slot: number, kind: ScriptKind): Promise<WarmChild> {
+    if (this.closed) throw new Error('the warm pool is shut down'); // a zygote is never started again after close()
+    const zygote = this.zygotes.get(kind)!;
+    await zygote.start();
+    const preloadAllowance = this.preloadAllowance();
     const uid = this.config.sandboxUidBase + slot;
     // The uid's last run (a cold trial run at start-up too) may still be removing its files.
     await cleanedUp(uid);
@@ -289,8 +342,8 @@ export class WarmSandbox implements SandboxPath {
     const place = await this.boundary.placeChild(slot, uid, this.limits);
     const token = randomUUID();
     const streams = this.channels.expect(token);
-    const exited = this.zygote.prefork({ token, uid, ...place.command });
-    const child: Partial<WarmChild> = { token, uid, cgroup, place, exited };
+    const exited = zygote.prefork({ token, uid, ...place.command, preload_allowance_bytes: preloadAllowance });
+    const child: Partial<WarmChild> = { kind, token, uid, cgroup, place, exited };
     const greeted = async () => {
       child.streams = await streams;
       const line = await readLine(child.streams.result, 100);
@@ -317,6 +370,17 @@ export class WarmSandbox implements SandboxPath {
       throw error;
     }
     return child as WarmChild;
+  }
+
+  /**
+   * RLIMIT_AS's room for preloading, the same for children of both kinds so their limits are
+   * identical: what the full zygote's preloading mapped (zygote.py with_preload). A lean child
+   * that imports pandas itself then has the room a full child has. Known once start() is over.
+   */
+  private preloadAllowance(): number {
+    const bytes = this.zygotes.get('full')!.preloadBytes;
+    if (bytes === undefined) throw new Error('the full zygote has not reported what its preloading mapped');
+    return bytes;
   }
 
   private async execute(child: WarmChild, request: RunRequest): Promise<RunReport> {

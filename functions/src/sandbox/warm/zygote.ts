@@ -1,11 +1,13 @@
 /**
- * The zygote process (sandbox-image/runner/zygote.py): started once, restarted when it dies,
+ * A zygote process (sandbox-image/runner/zygote.py): started once, restarted when it dies,
  * asked to fork one pre-confined child per run. It reports each child's exit status. How it is
- * started (directly, or inside zygote.cfg's jail) is its boundary's business (boundary.ts).
+ * started (directly, or inside zygote.cfg's jail) is its boundary's business (boundary.ts). The
+ * warm path has a full one (numpy and pandas preloaded) and, with WARM_LEAN, a lean one.
  */
 import { spawn, type ChildProcessWithoutNullStreams } from 'child_process';
 import type { Logger } from '../../logging';
 import { sandboxEnvironment } from '../protocol';
+import type { ScriptKind } from './scriptKind';
 
 export interface ChildExit {
   code: number | null;
@@ -29,6 +31,8 @@ export interface PreforkCommand {
   environment: Record<string, string>;
   limits: unknown;
   confine: unknown;
+  /** RLIMIT_AS's room for what preloading mapped: the full zygote's measure, for children of both kinds (zygote.py with_preload). */
+  preload_allowance_bytes: number;
   /** seccomp mode: the slot's root, as the zygote sees it; the child chroots into it while still root. */
   root?: string;
   /** nsjail mode: the child's own pid, mount, ipc and network namespaces, and what it mounts. */
@@ -46,10 +50,13 @@ export class Zygote {
   private readonly children = new Map<string, (exit: ChildExit) => void>();
   private restarts = 0;
   private stopped = false;
+  /** The address space its preloading mapped, as it last reported at start-up. */
+  preloadBytes: number | undefined;
   /** Called for every child still running when the zygote dies (its children die with it). */
   onLost: (token: string) => void = () => undefined;
 
   constructor(
+    readonly kind: ScriptKind,
     private readonly launch: ZygoteLaunch,
     private readonly logger: Logger | undefined,
   ) {}
@@ -69,7 +76,7 @@ export class Zygote {
         while ((newline = buffer.indexOf('\n')) >= 0) {
           const line = buffer.slice(0, newline);
           buffer = buffer.slice(newline + 1);
-          let event: { event: string; token?: string; code?: number | null; signal?: string | null };
+          let event: { event: string; token?: string; code?: number | null; signal?: string | null; preload_bytes?: number };
           try {
             event = JSON.parse(line) as typeof event;
           } catch {
@@ -77,6 +84,7 @@ export class Zygote {
           }
           if (event.event === 'started') {
             this.restarts = 0;
+            this.preloadBytes = event.preload_bytes;
             resolve();
           } else if (event.event === 'exit' && event.token) {
             const exited = this.children.get(event.token);
@@ -120,7 +128,7 @@ export class Zygote {
     if (this.stopped) return;
     const delay = RESTART_DELAY_MS[Math.min(this.restarts, RESTART_DELAY_MS.length - 1)];
     this.restarts++;
-    this.logger?.error('the warm-pool zygote died; restarting it', { event: 'zygote_died', reason, stderr_tail: stderr.slice(-500), restart_in_ms: delay });
+    this.logger?.error(`the warm-pool's ${this.kind} zygote died; restarting it`, { event: 'zygote_died', zygote: this.kind, reason, stderr_tail: stderr.slice(-500), restart_in_ms: delay });
     setTimeout(() => {
       if (!this.stopped) this.start().catch(() => undefined);
     }, delay).unref();
