@@ -152,3 +152,40 @@ maybe.each(sandboxModes())('a cold run whose uid keeps a process it cannot kill 
     expect({ status: again.status, result: again.body.result }).toEqual({ status: 200, result: 'ok' });
   });
 });
+
+maybe.each(sandboxModes())('a warm slot whose uid keeps a process it cannot kill (%s mode)', (mode) => {
+  const base = uidBase();
+  let service: RunningService;
+  let stray: Unkillable | undefined;
+  beforeAll(async () => {
+    service = await startService({ MAX_CONCURRENT_RUNS: '1', WARM_POOL_SIZE: '1', SANDBOX_UID_BASE: String(base) }, mode, [], { path: 'warm' });
+  });
+  afterAll(async () => {
+    await stray?.thaw();
+    await service?.stop();
+  });
+
+  test('gets no new child while the process lives: its runs are refused with the reason, then it runs again', async () => {
+    const hello = py('def main():', "    return 'ok'");
+    expect((await execute(service, hello)).status).toBe(200);
+
+    // A process of slot 0's uid outside the run's cgroup that SIGKILL does not end.
+    stray = new Unkillable(base);
+    await stray.freeze();
+
+    // The run that finds it may still answer (its own processes all died, in its cgroup); the
+    // sweep of the uid after it cannot empty the uid, which is quarantined: no child is forked for it.
+    const first = await execute(service, hello);
+    expect([200, 503]).toContain(first.status);
+    await until(async () => (await request(`${service.url}/health`)).body.quarantined_uids.length === 1, 'the uid to be quarantined');
+    const refused = await execute(service, hello);
+    expect(refused.status).toBe(503);
+    expect(refused.body.error.message).toMatch(new RegExp(`uid ${base} is out of use: .*pid ${stray.pid}`));
+    expect((await request(`${service.url}/health`)).body.warm_pool.waiting).toBe(0);
+
+    await stray.thaw();
+    await until(async () => (await request(`${service.url}/health`)).body.quarantined_uids.length === 0, 'the uid to leave quarantine');
+    const again = await execute(service, hello);
+    expect({ status: again.status, result: again.body.result }).toEqual({ status: 200, result: 'ok' });
+  }, 150000);
+});

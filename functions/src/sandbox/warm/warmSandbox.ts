@@ -34,7 +34,7 @@ import { DRAIN_AFTER_KILL_MS } from '../processRun';
 import { channelMaxBytes, readChannel, WARM_READY, warmJob } from '../protocol';
 import { RunGuard } from '../runGuard';
 import { failedRun, withUsageNote, type RunReport, type RunRequest, type SandboxPath, type WaitingChild } from '../types';
-import { allExiting, cleanedUp, cleanUpAfterAnswer, killAllOfUid, pidsByUid, processesOfUid } from '../uidReaper';
+import { allExiting, cleanUpAfterAnswer, killAllOfUid, pidsByUid, processesOfUid, uidReady, uidRefusal } from '../uidReaper';
 import { memoryVerdict, usageLimits } from '../usageWatch';
 import { CHANNEL_SOCKET, type ChildPlace, type WarmBoundary } from './boundary';
 import { ChannelServer, type ChildStreams } from './channelServer';
@@ -162,6 +162,9 @@ export class WarmSandbox implements SandboxPath {
   }
 
   async run(request: RunRequest): Promise<RunReport> {
+    // A uid whose processes survived a kill is out of use until they are gone (uidReaper.ts).
+    const quarantined = uidRefusal(this.config.sandboxUidBase + request.slot);
+    if (quarantined) return failedRun(this.mode, `run slot ${request.slot} refuses runs: ${quarantined}`);
     const kind = this.childKindFor(request.kind);
     let child: WarmChild;
     try {
@@ -289,14 +292,42 @@ export class WarmSandbox implements SandboxPath {
     await child.exited;
   }
 
-  /** Kills every process of the child's run: through its cgroup, or its uid where there is none. */
-  private killAll(child: Pick<WarmChild, 'uid' | 'cgroup'>): Promise<void> {
-    return child.cgroup ? child.cgroup.kill() : killAllOfUid(child.uid);
+  /** Kills every process of the child's run (the guard's kill: never rejects; endRun reports survivors). */
+  private async killAll(child: Pick<WarmChild, 'uid' | 'cgroup'>): Promise<void> {
+    await this.endRun(child);
   }
 
-  /** Nothing of the run is left afterwards: every process of its uid is gone and its cgroup removed. */
+  /**
+   * Kills every process of the child's run: through its cgroup, and by its uid when the cgroup
+   * is not empty after that (or there is none). Returns why some survived every kill (their uid
+   * is quarantined then: killAllOfUid), or undefined.
+   */
+  private async endRun(child: Pick<WarmChild, 'uid' | 'cgroup'>): Promise<string | undefined> {
+    try {
+      if (child.cgroup) {
+        await child.cgroup.kill().catch(() => undefined);
+        if (child.cgroup.pids().length === 0) return undefined;
+      }
+      await killAllOfUid(child.uid);
+      return undefined;
+    } catch (error) {
+      return (error as Error).message;
+    }
+  }
+
+  /**
+   * Nothing of the run is left afterwards: every process of its uid is gone and its cgroup
+   * removed. When some survive, the uid is quarantined (killAllOfUid throws) and its cgroup is
+   * removed once it recovers (its recovery is the first of the uid's cleanups).
+   */
   private async release(child: Pick<WarmChild, 'uid' | 'cgroup'>): Promise<void> {
-    await killAllOfUid(child.uid);
+    try {
+      await killAllOfUid(child.uid);
+    } catch (error) {
+      const { cgroup } = child;
+      if (cgroup) void cleanUpAfterAnswer(child.uid, () => cgroup.destroy());
+      throw error;
+    }
     await child.cgroup?.destroy();
   }
 
@@ -336,8 +367,10 @@ export class WarmSandbox implements SandboxPath {
     await zygote.start();
     const preloadAllowance = this.preloadAllowance();
     const uid = this.config.sandboxUidBase + slot;
-    // The uid's last run (a cold trial run at start-up too) may still be removing its files.
-    await cleanedUp(uid);
+    // The uid's last run (a cold trial run at start-up too) may still be removing its files; a
+    // quarantined uid gets no child until its processes are gone.
+    const refusal = await uidReady(uid);
+    if (refusal) throw new Error(refusal);
     const cgroup = this.cgroups?.create(slot, this.limits);
     const place = await this.boundary.placeChild(slot, uid, this.limits);
     const token = randomUUID();
@@ -390,7 +423,7 @@ export class WarmSandbox implements SandboxPath {
     const refused = await this.lowerTo(child, limits);
     if (refused) {
       // The job is never sent: the child dies without running anything, and is reaped as usual.
-      await this.killAll(child);
+      await this.endRun(child);
       for (const socket of Object.values(child.streams)) socket.destroy();
       return failedRun(this.mode, refused);
     }
@@ -420,9 +453,10 @@ export class WarmSandbox implements SandboxPath {
       }
       const wallMs = Number(process.hrtime.bigint() - started) / 1e6;
       guard.stop();
-      if (!nothingLeft) await this.killAll(child); // descendants that outlived the child
+      const survivors = nothingLeft ? undefined : await this.endRun(child); // descendants that outlived the child
       await drainWithin(Object.values(captures), DRAIN_AFTER_KILL_MS);
       for (const socket of [stdout, stderr, result]) socket.destroy();
+      if (survivors) return failedRun(this.mode, `the run's processes could not all be killed: ${survivors}; run slot ${request.slot} refuses runs until they are gone`, wallMs);
       const channel = readChannel(captures.result, limits);
       if (exit.lost && channel.kind !== 'message' && !guard.timedOut && !guard.aborted) {
         return failedRun(this.mode, "the warm pool's zygote died during the run, and the run with it; it is being restarted");
