@@ -68,7 +68,7 @@ describe('Admission', () => {
     expect(refused.headers['Retry-After']).toBe('1');
   });
 
-  test('Retry-After is the queue drain time: (queued + 1) x average run / slots, rounded up', async () => {
+  test('Retry-After is the queue drain time: (queued + 1) x average run / slots, rounded down', async () => {
     const clock = new FakeClock();
     const admission = new Admission(2, 2, 60000, 30, { now: clock.now });
     await runFor(admission, clock, 2000, 2000);
@@ -91,7 +91,7 @@ describe('Admission', () => {
     expect(admission.estimatedRunMs()).toBe(3500);
     await runFor(admission, clock, 500, 500, 500, 500, 500, 500);
     expect(admission.estimatedRunMs()).toBeLessThan(600);
-    // 1 position x ~550 ms / 1 slot: rounded up to the header's whole seconds, at least 1.
+    // 1 position x ~550 ms / 1 slot: 0 whole seconds, and at least 1.
     await admission.acquire();
     expect(admission.retryAfterSeconds()).toBe(1);
   });
@@ -102,9 +102,9 @@ describe('Admission', () => {
     await runFor(admission, clock, 100);
     const [first] = await fill(admission);
     clock.advance(4200);
-    // Both slots busy for 4.2 s: each run takes at least that long. 1 x 4200 / 2 = 2.1 s -> 3.
+    // Both slots busy for 4.2 s: each run takes at least that long. 1 x 4200 / 2 = 2.1 s -> 2.
     expect(admission.estimatedRunMs()).toBe(4200);
-    expect((await refusalOf(admission.acquire())).headers['Retry-After']).toBe('3');
+    expect((await refusalOf(admission.acquire())).headers['Retry-After']).toBe('2');
     // With a slot free, the runs in flight say nothing about the wait.
     first.release();
     expect(admission.estimatedRunMs()).toBeLessThan(4200);
