@@ -6,11 +6,18 @@
 import { spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
-import { scriptKind, STDLIB_MODULES } from '../src/sandbox/warm/scriptKind';
+import { SCAN_MAX_CHARS, scriptKind, STDLIB_MODULES } from '../src/sandbox/warm/scriptKind';
 
 const lines = (...parts: string[]) => parts.join('\n') + '\n';
 
 describe('scriptKind', () => {
+  test('a script longer than SCAN_MAX_CHARS is full unread; one just under it is read', () => {
+    const body = lines('def main():', '    return 1');
+    const pad = (n: number) => '#' + 'x'.repeat(n - body.length - 2) + '\n';
+    expect(scriptKind(pad(SCAN_MAX_CHARS) + body)).toBe('lean');
+    expect(scriptKind(pad(SCAN_MAX_CHARS + 1) + body)).toBe('full');
+  });
+
   test.each([
     ['no imports', lines('def main():', '    return "hello"')],
     ['standard-library imports', lines('import os, sys', 'import json as j', 'from collections import OrderedDict', 'import os.path', 'def main():', '    return 1')],

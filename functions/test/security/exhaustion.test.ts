@@ -70,7 +70,7 @@ describe.each(sandboxModes())('security: resource exhaustion in %s mode', (mode)
         '        if os.fork() == 0:',
         '            try:',
         '                b = bytearray(400 << 20)',
-        '                for j in range(0, len(b), 4096): b[j] = 1',
+        "                b[::4096] = b'\\x01' * (len(b) // 4096)  # every page touched, at C speed",
         '            except MemoryError:',
         '                pass',
         '            time.sleep(30)',

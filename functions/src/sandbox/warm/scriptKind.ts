@@ -15,7 +15,15 @@
 
 export type ScriptKind = 'lean' | 'full';
 
+/**
+ * Longer scripts are `full` unread. The scan runs on the event loop before admission, at about
+ * 0.5 to 1 µs per character of punctuation: a 1 MiB script of `()` held the loop for up to 1 s
+ * (red team, 2026-12-08). Below this a script costs at most tens of milliseconds.
+ */
+export const SCAN_MAX_CHARS = 64 * 1024;
+
 export function scriptKind(script: string): ScriptKind {
+  if (script.length > SCAN_MAX_CHARS) return 'full';
   const tokens = codeTokens(script);
   const modules = tokens && importedModules(tokens);
   if (!modules) return 'full';
