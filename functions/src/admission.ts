@@ -15,6 +15,11 @@
  * A request may say which free slots it prefers (the warm path's: those whose waiting child suits
  * its script): it gets the least recently used of them, else the least recently used free slot.
  * Queued requests take whichever slot frees first.
+ *
+ * A slot out of use (its uid quarantined: a process of an earlier run survived SIGKILL) is never
+ * handed out while another slot could serve: a request that finds only such slots free waits in
+ * the queue for a healthy one. Only when every slot is out of use does it get one, whose run
+ * answers 503 with the reason.
  */
 import { ApiError } from './errors';
 
@@ -45,6 +50,8 @@ export class Admission {
   private closedReason: string | undefined;
   private readonly now: () => number;
   private readonly smoothing: number;
+  /** Set once the sandbox is known (service.ts): whether a slot is out of use now. */
+  outOfUse: (slot: number) => boolean = () => false;
 
   /**
    * `maxRunS`: the longest one run may hold its slot, in seconds (SCRIPT_TIMEOUT_MS rounded up):
@@ -117,6 +124,7 @@ export class Admission {
     const slot = this.takeFreeSlot(prefer);
     if (slot !== undefined) return Promise.resolve(this.lease(slot, enqueuedAt));
     if (this.waiters.length >= this.maxQueue) return Promise.reject(this.queueFull());
+    // (Free slots may remain here, every one out of use: a healthy slot's release grants the queue.)
     return new Promise((resolve, reject) => {
       const waiter: Waiter = {
         enqueuedAt,
@@ -148,8 +156,17 @@ export class Admission {
 
   /** freeSlots is in order of release: least recently used first, whose warm child has had the longest time to get ready. */
   private takeFreeSlot(prefer?: (slot: number) => boolean): number | undefined {
-    const preferred = prefer ? this.freeSlots.findIndex(prefer) : -1;
-    return preferred >= 0 ? this.freeSlots.splice(preferred, 1)[0] : this.freeSlots.shift();
+    const inUse = (slot: number) => !this.outOfUse(slot);
+    let index = prefer ? this.freeSlots.findIndex((slot) => inUse(slot) && prefer(slot)) : -1;
+    if (index < 0) index = this.freeSlots.findIndex(inUse);
+    // Only out-of-use slots are free: wait for a healthy one, unless there is none at all.
+    if (index < 0 && this.freeSlots.length > 0 && this.allOutOfUse()) index = 0;
+    return index >= 0 ? this.freeSlots.splice(index, 1)[0] : undefined;
+  }
+
+  private allOutOfUse(): boolean {
+    for (let slot = 0; slot < this.capacity; slot++) if (!this.outOfUse(slot)) return false;
+    return true;
   }
 
   private lease(slot: number, enqueuedAt: number): Lease {

@@ -14,6 +14,7 @@ import { claimRequestBodies } from './http/requestBody';
 import { Lifecycle } from './lifecycle';
 import { Logger } from './logging';
 import { allCapabilities, probe, type ProbeReport, type ProbeResult } from './sandbox/probe';
+import { uidRefusal } from './sandbox/uidReaper';
 import type { Sandbox } from './sandbox/types';
 
 export interface PythonExecOptions {
@@ -82,6 +83,9 @@ export function createPythonExecHandler(options: PythonExecOptions = {}): Python
       (result) => {
         const { sandbox } = result;
         if (sandbox?.close) lifecycle.onStop(() => sandbox.close!());
+        // Slot n runs as uid base+n: a quarantined uid's slot is not handed out while another can serve.
+        const base = result.report.capabilities.uid_range.base;
+        if (base !== null) admission.outOfUse = (slot) => uidRefusal(base + slot) !== undefined;
         return logStartup(config, logger, result);
       },
       (error: Error) => probeFailed(config, logger, error),

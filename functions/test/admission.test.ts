@@ -217,4 +217,31 @@ describe('Admission', () => {
       expect((await queued).slot).toBe(a.slot);
     });
   });
+
+  describe('a slot out of use (its uid quarantined)', () => {
+    test('is not handed out while another slot is free, preferred or not', async () => {
+      const admission = new Admission(3, 4, 60000, 10, { now: new FakeClock().now });
+      admission.outOfUse = (slot) => slot === 0;
+      expect((await admission.acquire(undefined, (slot) => slot === 0)).slot).toBe(1);
+      expect((await admission.acquire()).slot).toBe(2);
+    });
+
+    test('a request that finds only such slots free waits for a healthy one', async () => {
+      const admission = new Admission(2, 2, 60000, 10, { now: new FakeClock().now });
+      admission.outOfUse = (slot) => slot === 0;
+      const healthy = await admission.acquire();
+      expect(healthy.slot).toBe(1);
+      const queued = admission.acquire();
+      expect(admission.queued).toBe(1);
+      healthy.release();
+      expect((await queued).slot).toBe(1);
+    });
+
+    test('when every slot is out of use, a request gets one (its run answers why)', async () => {
+      const admission = new Admission(2, 2, 60000, 10, { now: new FakeClock().now });
+      admission.outOfUse = () => true;
+      expect((await admission.acquire()).slot).toBe(0);
+      expect(admission.queued).toBe(0);
+    });
+  });
 });
