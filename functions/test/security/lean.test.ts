@@ -10,12 +10,12 @@
  * its own slot into quarantine with what the seccomp policy allows (sync storms, vfork, stopped
  * processes, threads outliving their leader).
  */
-import { spawn, type ChildProcess } from 'child_process';
-import { existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync, statSync, writeFileSync } from 'fs';
+import { readdirSync, readFileSync, statSync } from 'fs';
 import * as path from 'path';
 import { scriptKind } from '../../src/sandbox/warm/scriptKind';
 import { zygotesOf } from '../helpers/processes';
 import { pathUnderTest, request, sandboxModes } from '../helpers/service';
+import { freezerUsable, Unkillable } from '../helpers/unkillable';
 import { execute, py, SECURITY_LIMITS, startService, uidBase, type RunningService } from './helpers';
 
 const describeWarm = pathUnderTest() === 'warm' ? describe.each(sandboxModes()) : describe.skip.each(['seccomp']);
@@ -302,47 +302,25 @@ describeWarm('lean warm path, red team, in %s mode', (mode) => {
  * and answered 503 (503 200 503 200 ...). Admission now never hands out a slot out of use while
  * another can serve (admission.ts, outOfUse).
  */
-const FREEZER = '/sys/fs/cgroup/freezer';
-const freezerUsable =
-  process.getuid?.() === 0 &&
-  readFileSync('/proc/self/mounts', 'utf8')
-    .split('\n')
-    .some((line) => {
-      const [, mountPoint, type, options] = line.split(' ');
-      return mountPoint === FREEZER && type === 'cgroup' && options.split(',').includes('freezer');
-    });
 const describeQuarantine = pathUnderTest() === 'warm' && freezerUsable ? describe.each(sandboxModes()) : describe.skip.each(['seccomp']);
 
 describeQuarantine('a quarantined slot next to a healthy one (%s mode)', (mode) => {
   const base = uidBase();
   let service: RunningService;
-  let stray: ChildProcess | undefined;
-  const dir = path.join(FREEZER, `pyexec-red-${process.pid}-${Math.random().toString(36).slice(2, 8)}`);
+  let stray: Unkillable | undefined;
   beforeAll(async () => {
     service = await startService({ MAX_CONCURRENT_RUNS: '2', WARM_POOL_SIZE: '2', SANDBOX_UID_BASE: String(base) }, mode);
   });
   afterAll(async () => {
-    if (stray && existsSync(dir)) {
-      try {
-        process.kill(stray.pid!, 'SIGKILL');
-      } catch {
-        // gone
-      }
-      writeFileSync(path.join(dir, 'freezer.state'), 'THAWED');
-      for (let i = 0; i < 100 && readFileSync(path.join(dir, 'cgroup.procs'), 'utf8').trim() !== ''; i++) await sleep(100);
-      rmdirSync(dir);
-    }
+    await stray?.thaw();
     await service?.stop();
   });
 
   test('requests are not handed the quarantined slot while the other slot is healthy', async () => {
     const hello = py('def main():', "    return 'ok'");
     // A process of slot 0's uid that SIGKILL cannot end (frozen: as one stuck in the kernel would be).
-    stray = spawn('/bin/sleep', ['1000'], { uid: base, gid: base, stdio: 'ignore' });
-    mkdirSync(dir);
-    writeFileSync(path.join(dir, 'cgroup.procs'), String(stray.pid));
-    writeFileSync(path.join(dir, 'freezer.state'), 'FROZEN');
-    for (let i = 0; i < 100 && readFileSync(path.join(dir, 'freezer.state'), 'utf8').trim() !== 'FROZEN'; i++) await sleep(50);
+    stray = new Unkillable(base);
+    await stray.freeze();
     const statuses: number[] = [];
     for (let i = 0; i < 12; i++) {
       statuses.push((await execute(service, hello)).status);
