@@ -46,6 +46,17 @@ const WORKLOADS = {
   print_1mib: 'import sys\ndef main():\n    sys.stdout.write("x" * 1048575 + "\\n")\n    return 1\n',
 };
 
+/** For each row of path `fast`, its p50 speed-up and throughput ratio over the same mode, workload and concurrency on path `base`. */
+function speedups(rows, fast, base) {
+  return rows.flatMap((row) => {
+    if (row.path !== fast) return [];
+    const other = rows.find((r) => r.path === base && r.mode === row.mode && r.workload === row.workload && r.concurrency === row.concurrency);
+    return other
+      ? [{ mode: row.mode, workload: row.workload, concurrency: row.concurrency, p50_speedup: round(other.p50_ms / row.p50_ms), throughput_ratio: round(row.throughput_rps / other.throughput_rps) }]
+      : [];
+  });
+}
+
 /** Peak resident memory of the service process and of all its sandboxed descendants together. */
 function memorySampler(pid) {
   let servicePeak = 0;
@@ -374,29 +385,9 @@ async function main() {
   if (!NO_OVERLOAD) await overload(report, measured[0] ?? modes[0], report.capacity);
   report.machine.loadavg_after = loadavg();
   report.rows.sort((a, b) => variantOrder(a) - variantOrder(b) || Object.keys(WORKLOADS).indexOf(a.workload) - Object.keys(WORKLOADS).indexOf(b.workload) || a.concurrency - b.concurrency);
-  for (const warm of report.rows.filter((r) => r.path === 'warm')) {
-    const cold = report.rows.find((r) => r.path === 'cold' && r.mode === warm.mode && r.workload === warm.workload && r.concurrency === warm.concurrency);
-    if (cold)
-      report.ratios.push({
-        mode: warm.mode,
-        workload: warm.workload,
-        concurrency: warm.concurrency,
-        p50_speedup: round(cold.p50_ms / warm.p50_ms),
-        throughput_ratio: round(warm.throughput_rps / cold.throughput_rps),
-      });
-  }
-  // The lean path against the warm path without it (warm-full), when both ran.
-  for (const lean of report.rows.filter((r) => r.path === 'warm')) {
-    const full = report.rows.find((r) => r.path === 'warm-full' && r.mode === lean.mode && r.workload === lean.workload && r.concurrency === lean.concurrency);
-    if (full)
-      report.lean_ratios.push({
-        mode: lean.mode,
-        workload: lean.workload,
-        concurrency: lean.concurrency,
-        p50_speedup: round(full.p50_ms / lean.p50_ms),
-        throughput_ratio: round(lean.throughput_rps / full.throughput_rps),
-      });
-  }
+  // The warm path against the cold one, and against itself without lean children (warm-full), when both ran.
+  report.ratios.push(...speedups(report.rows, 'warm', 'cold'));
+  report.lean_ratios.push(...speedups(report.rows, 'warm', 'warm-full'));
   for (const row of report.rows.filter((r) => r.path !== 'floor')) {
     const floor = report.rows.find((r) => r.path === 'floor' && r.workload === row.workload && r.concurrency === row.concurrency);
     if (floor)
